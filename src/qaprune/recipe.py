@@ -1,0 +1,248 @@
+"""Typed, validated recipes (pydantic, unknown fields rejected); YAML/JSON in and out.
+
+Errors name the field and what is allowed: ``recipe.prune.sparsity: 1.3 is not in [0, 1)``.
+Per-layer overrides live under ``layers``: a mapping from a module-name pattern (fnmatch, e.g.
+``fc4`` or ``features.*``) to the fields to change; later patterns win.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+from qaprune.errors import RecipeError
+
+SUPPORTED_BITS = (*range(2, 17), 32)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _bits(v: int | None, info) -> int | None:
+    if v is not None and v not in SUPPORTED_BITS:
+        raise ValueError(f"{v} bits is not supported; allowed: 2..16 or 32 (float)")
+    return v
+
+
+def _fraction(v: float | None) -> float | None:
+    if v is not None and not 0.0 <= v < 1.0:
+        raise ValueError(f"{v} is not in [0, 1)")
+    return v
+
+
+class DataSpec(_Strict):
+    name: str = "digits"               # registry name or a path to a .npz / .csv file
+    path: str | None = None            # explicit file or folder for a registry dataset
+    train: float | int | None = None   # fraction or count; None: the rest
+    val: float | int = 0.15
+    test: float | int = 0.2            # ignored where the dataset has an official test split
+    scale: Literal["auto", "standard", "minmax", "unit", "none"] = "auto"
+    seed: int = 0
+    label_column: str | None = None
+
+
+class ModelSpec(_Strict):
+    name: str = "mlp"                  # registry name or "package.module:factory"
+    args: dict[str, Any] = {}
+
+
+class QuantSpec(_Strict):
+    weight_bits: int = 32              # 2..16, 32 = float
+    act_bits: int = 32                 # bits of QuantReLU outputs
+    input_bits: int | None = None      # the input quantizer; None: same as act_bits
+    input_max: float | None = None     # None: calibrated on the training split
+    act_max: float = 6.0               # QuantReLU clips at this value
+    per_channel: bool = False
+    bias_bits: int = 32                # 32: float bias (see quant.fake_quant's bias policy)
+
+    _check_bits = field_validator("weight_bits", "act_bits", "input_bits", "bias_bits")(_bits)
+
+
+class PruneSpec(_Strict):
+    sparsity: float = 0.0              # final sparsity of the free layers, in [0, 1)
+    criterion: str = "magnitude"
+    structure: str = "unstructured"
+    allocation: Literal["global", "uniform"] = "global"
+    schedule: Literal["iterative", "cubic", "oneshot"] = "iterative"
+    rate: float = 0.1                  # iterative: sparsity added per round
+    of: Literal["original", "remaining"] = "original"
+    rewind: Literal["ft", "lt"] = "ft"  # fine-tune, or lottery-ticket rewind to the initial weights
+    n_steps: int = 10                  # cubic: number of pruning events, one per epoch
+    start_epoch: int = 0               # cubic: first epoch that prunes
+
+    _check_sparsity = field_validator("sparsity")(_fraction)
+
+    @field_validator("rate")
+    @classmethod
+    def _rate(cls, v: float) -> float:
+        if not 0.0 < v < 1.0:
+            raise ValueError(f"{v} is not in (0, 1)")
+        return v
+
+    @field_validator("criterion", "structure")
+    @classmethod
+    def _registered(cls, v: str, info) -> str:
+        from qaprune.prune import CRITERIA, STRUCTURES
+
+        reg = CRITERIA if info.field_name == "criterion" else STRUCTURES
+        if v not in reg:
+            raise ValueError(f"{v!r} is unknown; known: {', '.join(reg.names())}")
+        return v
+
+
+class TrainSpec(_Strict):
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    epochs: int = 100                  # at most, per training round
+    patience: int | None = 10          # early stopping on validation loss; None: off
+    min_delta: float = 0.0
+    lr_schedule: Literal["none", "cosine", "step"] = "none"
+    l1: float = 0.0                    # L1 penalty on the weights
+    deterministic: bool = True
+    threads: int | None = None
+
+
+class LayerOverride(_Strict):
+    weight_bits: int | None = None
+    act_bits: int | None = None
+    per_channel: bool | None = None
+    sparsity: float | None = None      # this layer's final sparsity (outside the global pool)
+    prune: bool | None = None          # False: never prune this layer
+
+    _check_bits = field_validator("weight_bits", "act_bits")(_bits)
+    _check_sparsity = field_validator("sparsity")(_fraction)
+
+
+class Recipe(_Strict):
+    """A whole experiment. ``Recipe.load(path)``, ``recipe.dump(path)``, ``recipe.override(...)``.
+
+    Example:
+        >>> r = Recipe(prune={"sparsity": 0.5}).override(["quant.weight_bits=6"])
+        >>> (r.quant.weight_bits, r.prune.sparsity)
+        (6, 0.5)
+    """
+
+    name: str = "run"
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data: DataSpec = DataSpec()
+    model: ModelSpec = ModelSpec()
+    quant: QuantSpec = QuantSpec()
+    prune: PruneSpec = PruneSpec()
+    train: TrainSpec = TrainSpec()
+    layers: dict[str, LayerOverride] = {}
+
+    @model_validator(mode="after")
+    def _cubic_fits(self) -> Recipe:
+        if self.prune.schedule == "cubic" and self.prune.sparsity > 0:
+            end = self.prune.start_epoch + self.prune.n_steps
+            if end > self.train.epochs:
+                raise ValueError(f"prune.start_epoch + prune.n_steps = {end} exceeds train.epochs = "
+                                 f"{self.train.epochs}; the cubic schedule must end inside training")
+        return self
+
+    # --- construction -------------------------------------------------------------------------
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> Recipe:
+        """Validate a plain dict; errors become one ``RecipeError`` naming every bad field."""
+        if not isinstance(data, dict):
+            raise RecipeError(f"recipe: expected a mapping at the top level, got {type(data).__name__}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise RecipeError(format_errors(exc)) from None
+
+    @classmethod
+    def load(cls, path: str | Path, *, overrides: list[str] | None = None) -> Recipe:
+        """Read a YAML or JSON recipe, apply ``key.path=value`` overrides, validate."""
+        p = Path(path)
+        if not p.is_file():
+            raise RecipeError(f"recipe: no such file {str(p)!r}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise RecipeError(f"recipe: {p} is not valid YAML/JSON: {exc}") from None
+        return cls.parse(apply_overrides(data, overrides or []))
+
+    def override(self, overrides: list[str]) -> Recipe:
+        return Recipe.parse(apply_overrides(self.to_dict(), overrides))
+
+    # --- output -------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def dump(self, path: str | Path) -> Path:
+        p = Path(path)
+        p.write_text(json.dumps(self.to_dict(), indent=2) if p.suffix == ".json" else self.to_yaml())
+        return p
+
+    # --- per-layer resolution -----------------------------------------------------------------
+    def layer(self, name: str) -> LayerOverride:
+        """The merged overrides for module ``name`` (later patterns win)."""
+        merged: dict[str, Any] = {}
+        for pattern, spec in self.layers.items():
+            if fnmatch.fnmatchcase(name, pattern):
+                merged.update(spec.model_dump(exclude_none=True))
+        return LayerOverride(**merged)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` strings (values parsed as YAML: numbers, lists, true/false, null)."""
+    out = json.loads(json.dumps(data))  # deep copy of plain data
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise RecipeError(f"--set {item!r}: expected key.path=value")
+        node, parts = out, key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise RecipeError(f"--set {item!r}: recipe.{'.'.join(parts[:i + 1])} is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(raw) if raw else ""
+    return out
+
+
+def format_errors(exc: ValidationError) -> str:
+    """One line per error: ``recipe.<field>: <what is wrong>; allowed: …``."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        field = f"recipe.{loc}" if loc else "recipe"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown field; allowed: {', '.join(_allowed_fields(err['loc']))}"
+        elif "input" in err and err["type"] != "missing" and not isinstance(err["input"], dict):
+            msg = f"{err['input']!r}: {msg}" if repr(err["input"]) not in msg else msg
+        lines.append(f"{field}: {msg}")
+    return "\n".join(lines)
+
+
+def _allowed_fields(loc: tuple) -> list[str]:
+    model: type[BaseModel] = Recipe
+    parts, i = [str(p) for p in loc[:-1]], 0
+    while i < len(parts):
+        if model is Recipe and parts[i] == "layers":  # layers.<pattern>.<field>
+            model, i = LayerOverride, i + 2
+            continue
+        ann = model.model_fields[parts[i]].annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        i += 1
+    return list(model.model_fields)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a recipe (``qaprune schema``)."""
+    return Recipe.model_json_schema()
