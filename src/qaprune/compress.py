@@ -1,0 +1,100 @@
+"""prepare → train → convert: ``attach`` puts masks and quantizers on a model, ``bake`` turns
+them into plain weights; ``rewind`` resets weights for lottery-ticket training.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from qaprune.prune.pruner import add_mask
+from qaprune.quant.activations import QuantInput, QuantReLU
+from qaprune.quant.fake_quant import FLOAT_BITS, FakeQuant
+from qaprune.recipe import Recipe
+
+WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+RELUS = (nn.ReLU, nn.ReLU6)
+
+
+def attach(model: nn.Module, recipe: Recipe, *, sample: Tensor | None = None) -> nn.Module:
+    """Prepare ``model`` in place for quantization-aware pruning as ``recipe`` says.
+
+    Every Linear/Conv weight gets ``Mask`` (when it will be pruned) then ``FakeQuant`` (when
+    below 32 bits): ``weight = quant(mask · w)``. ReLUs become ``QuantReLU``; a module named
+    ``input_quant`` (or, failing that, a pre-hook on the model) quantizes the input, calibrated
+    on ``sample`` (N, ...) unless ``quant.input_max`` is given.
+
+    Example:
+        >>> from qaprune.models import build_model
+        >>> m = attach(build_model("mlp", input_shape=(16,), num_classes=5),
+        ...            Recipe(quant={"weight_bits": 6, "act_bits": 6}, prune={"sparsity": 0.5}),
+        ...            sample=torch.randn(8, 16))
+        >>> type(m.act1).__name__, [type(p).__name__ for p in m.fc1.parametrizations.weight]
+        ('QuantReLU', ['Mask', 'FakeQuant'])
+    """
+    q, pruning = recipe.quant, recipe.prune.sparsity > 0 or any(
+        o.sparsity for o in recipe.layers.values())
+    for name, mod in list(model.named_modules()):
+        if isinstance(mod, WEIGHT_LAYERS):
+            _attach_weight(mod, recipe, name, pruning)
+    _replace_relus(model, recipe)
+    input_bits = q.input_bits if q.input_bits is not None else q.act_bits
+    if input_bits < FLOAT_BITS:
+        _attach_input(model, input_bits, sample, q.input_max)
+    return model
+
+
+def _attach_weight(mod: nn.Module, recipe: Recipe, name: str, pruning: bool) -> None:
+    over, q = recipe.layer(name), recipe.quant
+    if pruning and over.prune is not False and (over.sparsity is None or over.sparsity > 0):
+        add_mask(mod)
+    bits = over.weight_bits if over.weight_bits is not None else q.weight_bits
+    per_channel = over.per_channel if over.per_channel is not None else q.per_channel
+    if bits < FLOAT_BITS:
+        parametrize.register_parametrization(mod, "weight", FakeQuant(bits, per_channel=per_channel))
+    if q.bias_bits < FLOAT_BITS and getattr(mod, "bias", None) is not None:
+        parametrize.register_parametrization(mod, "bias", FakeQuant(q.bias_bits))
+
+
+def _replace_relus(model: nn.Module, recipe: Recipe) -> None:
+    for parent_name, parent in list(model.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            if not isinstance(child, RELUS):
+                continue
+            full = f"{parent_name}.{child_name}" if parent_name else child_name
+            over = recipe.layer(full)
+            bits = over.act_bits if over.act_bits is not None else recipe.quant.act_bits
+            if bits < FLOAT_BITS:
+                top = 6.0 if isinstance(child, nn.ReLU6) else recipe.quant.act_max
+                setattr(parent, child_name, QuantReLU(bits, max_value=top))
+
+
+def _attach_input(model: nn.Module, bits: int, sample: Tensor | None, top: float | None) -> None:
+    if sample is None and top is None:
+        raise ValueError("attach: the input quantizer needs a calibration sample or quant.input_max")
+    ref = sample if sample is not None else torch.zeros(1)
+    quant = QuantInput.calibrate(bits, ref, max_value=top)
+    if isinstance(getattr(model, "input_quant", None), nn.Identity):
+        model.input_quant = quant
+    else:
+        model.add_module("input_quant", quant)
+        model.register_forward_pre_hook(lambda mod, args: (mod.input_quant(args[0]), *args[1:]))
+
+
+def bake(model: nn.Module) -> nn.Module:
+    """Turn every parametrization into a plain weight (masked, quantized values), in place.
+    Activation quantizers stay: they are part of the model's function."""
+    for mod in model.modules():
+        for tensor_name in list(getattr(mod, "parametrizations", {}) or {}):
+            parametrize.remove_parametrizations(mod, tensor_name, leave_parametrized=True)
+    return model
+
+
+def rewind(model: nn.Module, init_state: dict[str, Tensor]) -> None:
+    """Lottery-ticket rewinding: every parameter and buffer back to ``init_state``, masks kept."""
+    state = model.state_dict()
+    for key, value in init_state.items():
+        if key in state and not key.endswith(".mask"):
+            state[key] = value
+    model.load_state_dict(state)
+

@@ -1,0 +1,157 @@
+"""Model builders: a registry of plain factories, plus any user ``module.path:factory``."""
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections import OrderedDict
+import math
+from collections.abc import Sequence
+
+from torch import nn
+
+from qaprune.errors import RecipeError
+from qaprune.registry import Registry
+
+MODELS: Registry = Registry("model")
+
+BATCHNORM_MODES = ("affine", "no_affine", "none")
+
+
+def build_model(name: str, *, input_shape: Sequence[int], num_classes: int, **args) -> nn.Module:
+    """Build a registered model or a user's ``package.module:factory``.
+
+    Factories receive ``input_shape`` (per sample, e.g. ``(16,)`` or ``(1, 28, 28)``),
+    ``num_classes`` and the recipe's ``model.args``.
+
+    Example:
+        >>> m = build_model("mlp", input_shape=(16,), num_classes=5)
+        >>> [l.out_features for l in m.modules() if isinstance(l, nn.Linear)]
+        [64, 32, 32, 5]
+    """
+    factory = _user_factory(name) if ":" in name else MODELS.get(name)
+    kwargs = {"input_shape": tuple(input_shape), "num_classes": num_classes, **args}
+    try:
+        inspect.signature(factory).bind(**kwargs)
+    except TypeError as exc:
+        raise RecipeError(f"model.args: {exc} (model {name!r})") from None
+    model = factory(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise RecipeError(f"model.name: {name!r} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _user_factory(spec: str):
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise RecipeError(f"model.name: cannot import {module_name!r} ({exc})") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise RecipeError(f"model.name: {module_name!r} has no attribute {attr!r}") from None
+
+
+def _norm1d(width: int, batchnorm: str) -> nn.Module:
+    if batchnorm not in BATCHNORM_MODES:
+        raise RecipeError(f"model.args.batchnorm: {batchnorm!r}; allowed: {', '.join(BATCHNORM_MODES)}")
+    if batchnorm == "none":
+        return nn.Identity()
+    return nn.BatchNorm1d(width, affine=batchnorm == "affine")
+
+
+def _norm2d(width: int, batchnorm: str) -> nn.Module:
+    if batchnorm not in BATCHNORM_MODES:
+        raise RecipeError(f"model.args.batchnorm: {batchnorm!r}; allowed: {', '.join(BATCHNORM_MODES)}")
+    if batchnorm == "none":
+        return nn.Identity()
+    return nn.BatchNorm2d(width, affine=batchnorm == "affine")
+
+
+@MODELS.register("mlp")
+def mlp(*, input_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (64, 32, 32),
+        batchnorm: str = "affine", dropout: float = 0.0) -> nn.Module:
+    """The jet-tagging MLP of Ps and Qs: in → 64 → 32 → 32 → classes (widths configurable).
+
+    Layers are named ``fc1..fcK`` with ``bn``/``act`` after each hidden layer; the input is
+    flattened, and ``input_quant`` (an identity until ``attach`` quantizes it) comes first.
+    x (N, *input_shape) -> logits (N, num_classes).
+    """
+    layers: list[tuple[str, nn.Module]] = [("input_quant", nn.Identity()), ("flatten", nn.Flatten())]
+    width = math.prod(input_shape)
+    for i, h in enumerate(hidden, start=1):
+        layers += [(f"fc{i}", nn.Linear(width, h)), (f"bn{i}", _norm1d(h, batchnorm)),
+                   (f"act{i}", nn.ReLU())]
+        if dropout:
+            layers.append((f"drop{i}", nn.Dropout(dropout)))
+        width = h
+    layers.append((f"fc{len(hidden) + 1}", nn.Linear(width, num_classes)))
+    return nn.Sequential(OrderedDict(layers))
+
+
+@MODELS.register("lenet300")
+def lenet300(*, input_shape: Sequence[int], num_classes: int, batchnorm: str = "none") -> nn.Module:
+    """LeNet-300-100 (LeCun et al.): in → 300 → 100 → classes."""
+    return mlp(input_shape=input_shape, num_classes=num_classes, hidden=(300, 100), batchnorm=batchnorm)
+
+
+def _conv_block(c_in: int, c_out: int, batchnorm: str, index: int) -> list[tuple[str, nn.Module]]:
+    return [(f"conv{index}", nn.Conv2d(c_in, c_out, 3, padding=1, bias=batchnorm == "none")),
+            (f"bn{index}", _norm2d(c_out, batchnorm)), (f"act{index}", nn.ReLU())]
+
+
+@MODELS.register("lenet5")
+def lenet5(*, input_shape: Sequence[int], num_classes: int, batchnorm: str = "none") -> nn.Module:
+    """LeNet-5: conv(6,5×5) → pool → conv(16,5×5) → pool → 120 → 84 → classes.
+
+    The first convolution pads by 2 (28×28 inputs behave as the classic 32×32 setting).
+    x (N, C, H, W) -> logits (N, num_classes).
+    """
+    c, h, w = _image_shape(input_shape)
+    big = min(h, w) >= 16  # small inputs (8×8 digits) keep their size through the second conv
+    feats = nn.Sequential(nn.Conv2d(c, 6, 5, padding=2), _norm2d(6, batchnorm), nn.ReLU(),
+                          nn.MaxPool2d(2), nn.Conv2d(6, 16, 5, padding=0 if big else 2),
+                          _norm2d(16, batchnorm), nn.ReLU(), nn.MaxPool2d(2) if big else nn.Identity())
+    flat = _flat_size(feats, (c, h, w))
+    return nn.Sequential(OrderedDict([
+        ("input_quant", nn.Identity()), ("features", feats), ("flatten", nn.Flatten()),
+        ("fc1", nn.Linear(flat, 120)), ("act_fc1", nn.ReLU()), ("fc2", nn.Linear(120, 84)),
+        ("act_fc2", nn.ReLU()), ("fc3", nn.Linear(84, num_classes))]))
+
+
+@MODELS.register("vgg_small")
+def vgg_small(*, input_shape: Sequence[int], num_classes: int, widths: Sequence[int] = (32, 64, 128),
+              convs_per_stage: int = 2, batchnorm: str = "affine", hidden: int = 128) -> nn.Module:
+    """A small VGG-style CNN: stages of 3×3 conv-BN-ReLU blocks, each stage ending in a 2×2
+    max-pool, then global average pooling, a hidden linear layer and the classifier.
+    x (N, C, H, W) -> logits (N, num_classes).
+    """
+    c, h, w = _image_shape(input_shape)
+    layers: list[tuple[str, nn.Module]] = [("input_quant", nn.Identity())]
+    c_in, index = c, 1
+    for s, width in enumerate(widths, start=1):
+        for _ in range(convs_per_stage):
+            layers += _conv_block(c_in, width, batchnorm, index)
+            c_in, index = width, index + 1
+        if min(h, w) >= 2:
+            layers.append((f"pool{s}", nn.MaxPool2d(2)))
+            h, w = h // 2, w // 2
+    layers += [("gap", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()),
+               ("fc1", nn.Linear(c_in, hidden)), ("act_fc1", nn.ReLU()),
+               ("fc2", nn.Linear(hidden, num_classes))]
+    return nn.Sequential(OrderedDict(layers))
+
+
+def _image_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
+    if len(input_shape) == 3:
+        return tuple(input_shape)  # type: ignore[return-value]
+    if len(input_shape) == 2:
+        return (1, *input_shape)  # type: ignore[return-value]
+    raise RecipeError(f"model: a CNN needs image data (C, H, W), got input shape {tuple(input_shape)}")
+
+
+def _flat_size(features: nn.Module, shape: tuple[int, int, int]) -> int:
+    import torch
+
+    with torch.no_grad():
+        return int(features(torch.zeros(1, *shape)).numel())

@@ -1,0 +1,43 @@
+"""Pruning criteria: ``scores = criterion(weight, stats)``; higher means keep.
+
+A criterion only scores. Data it needs (gradients, activations, …) arrives in ``stats``,
+collected by hooks, never by reaching into the model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from qaprune.registry import Registry
+
+CRITERIA: Registry = Registry("criterion")
+
+
+@dataclass
+class LayerStats:
+    """Data-dependent statistics of one layer (all optional; criteria say what they need)."""
+
+    name: str = ""
+    grad: Tensor | None = None            # accumulated ∂L/∂w, same shape as the weight
+    extra: dict[str, Tensor] = field(default_factory=dict)
+    generator: torch.Generator | None = None
+
+
+@CRITERIA.register("magnitude")
+def magnitude(weight: Tensor, stats: LayerStats) -> Tensor:
+    """|w|: higher means keep. weight (out, ...) -> scores, same shape."""
+    return weight.abs()
+
+
+@CRITERIA.register("l2")
+def l2(weight: Tensor, stats: LayerStats) -> Tensor:
+    """w²: the same ranking as magnitude within a layer, a different one across layers."""
+    return weight.square()
+
+
+@CRITERIA.register("random")
+def random(weight: Tensor, stats: LayerStats) -> Tensor:
+    """Uniform random scores: the baseline every criterion must beat."""
+    return torch.rand(weight.shape, generator=stats.generator, dtype=weight.dtype)

@@ -1,0 +1,74 @@
+"""Activation quantizers, placed by module surgery: ``QuantReLU`` and ``QuantInput``.
+
+Both expose ``act_bits`` so that metrics can tell which bits feed the next layer.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from qaprune.quant.fake_quant import check_bits
+
+
+class QuantReLU(nn.Module):
+    """ReLU clipped at ``max_value`` and quantized to ``2^b`` unsigned levels, in one native
+    fake-quantize call: ``round(clamp(x, 0, max) / s) · s`` with ``s = max / (2^b − 1)``.
+    The gradient is straight-through inside ``[0, max]`` and zero outside (as ReLU6's).
+    x (...) -> (...).
+
+    Example:
+        >>> q = QuantReLU(bits=2, max_value=3.0)
+        >>> q(torch.tensor([-1.0, 0.4, 1.6, 9.0])).tolist()
+        [0.0, 0.0, 2.0, 3.0]
+    """
+
+    def __init__(self, bits: int, *, max_value: float = 6.0) -> None:
+        super().__init__()
+        self.act_bits = check_bits(bits, field="act_bits")
+        self.max_value = float(max_value)
+        self.levels = 2**bits - 1
+        self.step = self.max_value / self.levels
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.fake_quantize_per_tensor_affine(x, self.step, 0, 0, self.levels)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.act_bits}, max_value={self.max_value}"
+
+
+class QuantInput(nn.Module):
+    """Quantizes the network input to ``bits``: unsigned ``[0, max]`` when the calibration data
+    is non-negative, else signed symmetric ``[-max, max]``; ``max`` is calibrated once on the
+    training split (or given). Inputs beyond the range saturate. x (...) -> (...).
+
+    Example:
+        >>> q = QuantInput(bits=4, max_value=1.0, signed=False)
+        >>> q(torch.tensor([0.0, 0.5, 1.0, 2.0])).tolist()[3]
+        1.0
+    """
+
+    def __init__(self, bits: int, *, max_value: float, signed: bool) -> None:
+        super().__init__()
+        self.act_bits = check_bits(bits, field="input_bits")
+        self.signed = signed
+        self.qmin, self.qmax = (-(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+        # buffers, so that a calibrated range travels with the weights
+        self.register_buffer("scale", torch.tensor([max(float(max_value), 1e-12) / self.qmax]))
+        self.register_buffer("zero_point", torch.zeros(1, dtype=torch.int32))
+
+    @property
+    def max_value(self) -> float:
+        return float(self.scale) * self.qmax
+
+    @classmethod
+    def calibrate(cls, bits: int, x: Tensor, *, max_value: float | None = None) -> QuantInput:
+        """Build from a sample of inputs ``x`` (N, ...): signed iff any value is negative."""
+        signed = bool((x < 0).any())
+        top = float(x.abs().max()) if max_value is None else max_value
+        return cls(bits, max_value=top, signed=signed)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, self.qmin, self.qmax)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.act_bits}, max_value={self.max_value:.4g}, signed={self.signed}"

@@ -1,0 +1,87 @@
+"""``FakeQuant``: symmetric uniform weight quantization as a parametrization.
+
+Weights are quantized to signed integers in ``[-(2^(b-1) - 1), 2^(b-1) - 1]`` (narrow range,
+so ``2^b - 1`` levels at most and zero is exactly representable) times a scale: ``max|w|`` over
+the tensor (per-tensor) or over each output channel (per-channel), divided by ``2^(b-1) - 1``.
+The scale follows the weights at every forward and carries no gradient; the weights get the
+straight-through gradient of PyTorch's native ``fake_quantize_*`` kernels. ``bits=32`` means
+float: no parametrization is registered for it.
+
+Bias policy: biases stay float by default (they are added into the wide accumulator, as in
+hls4ml and ONNX QDQ, where the bias is a 32-bit integer); ``bias_bits < 32`` fake-quantizes
+them per-tensor like a weight.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from qaprune.errors import RecipeError
+
+FLOAT_BITS = 32
+SUPPORTED_BITS = (*range(2, 17), FLOAT_BITS)
+
+
+def check_bits(bits: int, *, field: str) -> int:
+    """Refuse bit widths outside 2..16 and 32, naming the field."""
+    if bits not in SUPPORTED_BITS:
+        raise RecipeError(f"{field}: {bits} bits is not supported; allowed: 2..16 or 32 (float)")
+    return bits
+
+
+class FakeQuant(nn.Module):
+    """Weight fake-quantization parametrization. w (out, ...) -> quantized w, same shape.
+
+    Example:
+        >>> lin = nn.Linear(4, 3)
+        >>> _ = parametrize.register_parametrization(lin, "weight", FakeQuant(bits=3))
+        >>> len(torch.unique(lin.weight)) <= 2 ** 3 - 1
+        True
+    """
+
+    def __init__(self, bits: int, *, per_channel: bool = False, axis: int = 0) -> None:
+        super().__init__()
+        self.bits = check_bits(bits, field="bits")
+        self.per_channel, self.axis = per_channel, axis
+        self.qmax = 2 ** (bits - 1) - 1
+        self.register_buffer("zero_point", torch.zeros(1, dtype=torch.int32), persistent=False)
+
+    def forward(self, w: Tensor) -> Tensor:
+        if self.per_channel:
+            return self._per_channel(w)
+        scale = (w.detach().abs().amax() / self.qmax).clamp_min(1e-12).reshape(1)
+        return torch.fake_quantize_per_tensor_affine(w, scale, self.zero_point, -self.qmax, self.qmax)
+
+    def _per_channel(self, w: Tensor) -> Tensor:
+        dims = [d for d in range(w.dim()) if d != self.axis]
+        scale = (w.detach().abs().amax(dim=dims) / self.qmax).clamp_min(1e-12) if dims else \
+            (w.detach().abs() / self.qmax).clamp_min(1e-12)
+        zp = torch.zeros(scale.shape, dtype=torch.int32, device=w.device)
+        return torch.fake_quantize_per_channel_affine(w, scale, zp, self.axis, -self.qmax, self.qmax)
+
+    def scale(self, w: Tensor) -> Tensor:
+        """The scale this quantizer uses for ``w``: shape (1,) or (out,)."""
+        if self.per_channel:
+            dims = [d for d in range(w.dim()) if d != self.axis]
+            return (w.detach().abs().amax(dim=dims) / self.qmax).clamp_min(1e-12)
+        return (w.detach().abs().amax() / self.qmax).clamp_min(1e-12).reshape(1)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, per_channel={self.per_channel}"
+
+
+def find(module: nn.Module, tensor_name: str, kind: type) -> nn.Module | None:
+    """The first parametrization of type ``kind`` on ``module.<tensor_name>``, else None."""
+    if not parametrize.is_parametrized(module, tensor_name):
+        return None
+    for p in module.parametrizations[tensor_name]:
+        if isinstance(p, kind):
+            return p
+    return None
+
+
+def weight_bits(module: nn.Module) -> int:
+    """Bits of ``module.weight``: those of its ``FakeQuant``, 32 when it has none."""
+    fq = find(module, "weight", FakeQuant)
+    return fq.bits if fq is not None else FLOAT_BITS
