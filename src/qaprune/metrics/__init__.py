@@ -1,0 +1,60 @@
+"""Metrics of a (compressed) model: accuracy, AUC, BOPs, MACs, sizes, neural efficiency."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from qaprune.metrics.bops import LayerProfile, dense_fp32_bops, layer_bops, profile, total_bops
+
+__all__ = ["measure", "layer_bops", "profile", "LayerProfile", "summarize_layers"]
+
+
+def summarize_layers(layers: list[LayerProfile]) -> dict[str, float]:
+    """Counts over the Linear/Conv layers: params, non-zeros, sparsity, MACs, FLOPs, BOPs, bits."""
+    params = sum(p.params for p in layers)
+    nonzero = sum(p.nonzero for p in layers)
+    macs = sum(p.macs for p in layers)
+    macs_nz = sum(p.positions * p.nonzero for p in layers)
+    bops, dense = total_bops(layers), dense_fp32_bops(layers)
+    return {
+        "params": params, "nonzero_params": nonzero,
+        "sparsity": 1.0 - nonzero / params if params else 0.0,
+        "macs": macs, "macs_nonzero": macs_nz, "flops": 2 * macs,
+        "bops": bops, "bops_fp32_dense": dense, "bops_reduction": dense / bops if bops else 0.0,
+        "weight_bits": sum(p.nonzero * p.weight_bits for p in layers),
+    }
+
+
+@torch.no_grad()
+def measure(model: nn.Module, x: Tensor, y: Tensor, *, num_classes: int,
+            efficiency: bool = True) -> dict[str, Any]:
+    """All metrics of ``model`` on (x (N, ...), y (N,)): a flat dict plus ``layers``.
+
+    ``accuracy`` and ``auc`` are on (x, y); BOPs and MACs per sample; ``size_bytes`` is the real
+    size of the compressed artifact (see ``metrics.size``); neural efficiency and aIQ (β = 2)
+    follow Schaub & Hotaling.
+    """
+    from qaprune.metrics.classification import accuracy, check_finite, predict, roc_auc
+    from qaprune.metrics.size import fp32_bytes, size_bytes
+
+    logits = predict(model, x)
+    loss = float(torch.nn.functional.cross_entropy(logits, y))
+    check_finite(loss, "test loss")
+    layers = profile(model, x[:1])
+    out: dict[str, Any] = {"accuracy": accuracy(logits, y), "auc": roc_auc(logits, y, num_classes=num_classes),
+                           "loss": loss}
+    out.update(summarize_layers(layers))
+    out["size_bytes"] = size_bytes(model)
+    out["size_bytes_fp32"] = fp32_bytes(model)
+    out["compression"] = out["size_bytes_fp32"] / out["size_bytes"]
+    if efficiency:
+        from qaprune.metrics.efficiency import aiq, neural_efficiency
+
+        eff = neural_efficiency(model, x)
+        out["neural_efficiency"] = eff.efficiency
+        out["aiq"] = aiq(eff.efficiency, out["accuracy"])
+    out["layers"] = [p.to_dict() for p in layers]
+    return out
+
