@@ -1,0 +1,82 @@
+"""The ``qaprune`` command line (typer). Errors of qaprune print as one line, exit code 2."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Quantization-aware pruning and model compression for PyTorch.")
+
+
+@app.command()
+def run(recipe: Path = typer.Argument(..., help="Recipe file (YAML or JSON)."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/<name>)."),
+        data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder with datasets."),
+        set_: list[str] = typer.Option([], "--set", help="Override a recipe field: key.path=value."),
+        resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
+        quiet: bool = typer.Option(False, "--quiet", help="No progress output.")) -> None:
+    """Run a recipe: train, prune, quantize, measure; write a run directory."""
+    from qaprune.runner import run as run_recipe
+
+    log = (lambda *_: None) if quiet else (lambda msg: typer.echo(msg, err=True))
+    result = run_recipe(recipe, out=out, data_dir=data_dir, overrides=set_, resume=resume,
+                        progress=not quiet, log=log)
+    m = result.metrics
+    typer.echo(f"{result.run_dir}: accuracy {m['accuracy']:.4f}, BOPs {m['bops']:.4g} "
+               f"({m['bops_reduction']:.1f}x fewer than 32-bit dense), sparsity {m['sparsity']:.3f}, "
+               f"{m['size_bytes']} bytes")
+
+
+@app.command()
+def demo(out: Path = typer.Option(Path("demo-out"), "--out", help="Output directory."),
+         quick: bool = typer.Option(False, "--quick", help="Fewer epochs (a smoke test).")) -> None:
+    """The Ps-and-Qs study on bundled digits: fp32, QAT, pruning, QAP; Pareto plot and headline."""
+    from qaprune.demo import run_demo
+
+    run_demo(out, quick=quick, log=lambda msg: typer.echo(msg))
+
+
+@app.command()
+def measure(target: Path = typer.Argument(..., help="A run directory or its model .safetensors."),
+            data_dir: Optional[str] = typer.Option(None, "--data-dir")) -> None:
+    """Re-measure a saved model on its recipe's test split; prints the metrics as JSON."""
+    from qaprune.runner import measure_saved
+
+    typer.echo(json.dumps(measure_saved(target, data_dir=data_dir), indent=2))
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="A run directory with results.json.")) -> None:
+    """Write report.html and the plots of a run directory."""
+    from qaprune.report import write_report
+
+    typer.echo(str(write_report(run_dir)))
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of recipes."""
+    from qaprune.recipe import json_schema
+
+    typer.echo(json.dumps(json_schema(), indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: qaprune's own errors (bad recipe, missing data, unknown names, corrupt
+    checkpoints, diverged training) print as one line and exit with code 2."""
+    from qaprune.errors import QapruneError
+    from qaprune.registry import UnknownNameError
+
+    try:
+        app(args=argv)
+    except (QapruneError, UnknownNameError) as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

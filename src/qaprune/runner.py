@@ -1,0 +1,244 @@
+"""``run(recipe)``: one quantization-aware pruning experiment, written to a run directory.
+
+Round 0 trains the (quantized) model; every later round prunes to the schedule's next target,
+fine-tunes (FT) or rewinds to the initial weights (LT), retrains and is measured. Each finished
+round is checkpointed (safetensors + JSON), so an interrupted run resumes where it stopped.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from qaprune.compress import attach, rewind
+from qaprune.errors import CheckpointError, RecipeError
+from qaprune.io import copy_state, load_into, load_tensors, read_json, save_tensors, write_json
+from qaprune.metrics import measure
+from qaprune.prune import prune_to, prunable_layers
+from qaprune.prune.schedules import SCHEDULES, steps
+from qaprune.recipe import Recipe
+from qaprune.train import fit
+
+VERSION = "0.1.0"
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    results: dict[str, Any]
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.results["metrics"]
+
+
+def resolve_recipe(recipe: Recipe | str | Path | dict, overrides: list[str] | None = None) -> Recipe:
+    if isinstance(recipe, Recipe):
+        return recipe.override(overrides) if overrides else recipe
+    if isinstance(recipe, dict):
+        return Recipe.parse(recipe).override(overrides or [])
+    return Recipe.load(recipe, overrides=overrides)
+
+
+def setup(recipe: Recipe) -> torch.device:
+    """Seeds, threads, determinism and the device."""
+    seed = recipe.seed
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if recipe.train.threads:
+        torch.set_num_threads(recipe.train.threads)
+    if recipe.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    if recipe.device == "cuda" and not torch.cuda.is_available():
+        raise RecipeError("recipe.device: 'cuda' requested but no CUDA device is available; use auto or cpu")
+    name = "cuda" if recipe.device == "cuda" or (recipe.device == "auto" and torch.cuda.is_available()) else "cpu"
+    return torch.device(name)
+
+
+def load_data(recipe: Recipe, data_dir: str | None, device: torch.device):
+    from qaprune.data import load_dataset
+
+    d = recipe.data
+    data = load_dataset(d.name, path=d.path, data_dir=data_dir, train=d.train, val=d.val, test=d.test,
+                        scale=d.scale, seed=d.seed, label_column=d.label_column)
+    for split in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
+        setattr(data, split, getattr(data, split).to(device))
+    return data
+
+
+def build(recipe: Recipe, data, device: torch.device) -> nn.Module:
+    """The model of ``recipe`` for ``data``, with masks and quantizers attached."""
+    from qaprune.models import build_model
+
+    torch.manual_seed(recipe.seed)
+    model = build_model(recipe.model.name, input_shape=data.input_shape, num_classes=data.num_classes,
+                        **recipe.model.args)
+    return attach(model.to(device), recipe, sample=data.x_train).to(device)
+
+
+def plan(recipe: Recipe, model: nn.Module) -> tuple[list[float], dict[str, float], float]:
+    """Targets of the iterative/oneshot rounds, fixed per-layer sparsities, and the final level."""
+    p, layers = recipe.prune, prunable_layers(model)
+    fixed = {n: recipe.layer(n).sparsity for n in layers if recipe.layer(n).sparsity is not None}
+    final = p.sparsity if p.sparsity > 0 else max(fixed.values(), default=0.0)
+    if final <= 0 or p.schedule == "cubic":
+        return [], fixed, final
+    args = {"rate": p.rate, "of_": p.of} if p.schedule == "iterative" else {}
+    return steps(p.schedule, final=final, **args), fixed, final
+
+
+def _prune(model: nn.Module, recipe: Recipe, target: float, fixed: dict[str, float], final: float) -> None:
+    frac = target / final if final else 1.0
+    free = recipe.prune.sparsity * frac
+    prune_to(model, free, criterion=recipe.prune.criterion, structure=recipe.prune.structure,
+             allocation=recipe.prune.allocation, fixed={n: s * frac for n, s in fixed.items()},
+             generator=torch.Generator().manual_seed(recipe.seed))
+
+
+def run(recipe: Recipe | str | Path | dict, *, out: str | Path | None = None, data_dir: str | None = None,
+        overrides: list[str] | None = None, resume: bool = False, progress: bool = False,
+        log=print) -> RunResult:
+    """Run a recipe end to end; returns the run directory and its results.
+
+    Example:
+        >>> res = run({"data": {"name": "digits"}, "train": {"epochs": 2}}, out="/tmp/qap-doc")
+        >>> 0.0 <= res.metrics["accuracy"] <= 1.0
+        True
+    """
+    recipe = resolve_recipe(recipe, overrides)
+    run_dir = Path(out) if out is not None else Path("runs") / recipe.name
+    ckpt = _prepare_dir(run_dir, recipe, resume)
+    device = setup(recipe)
+    data = load_data(recipe, data_dir, device)
+    model = build(recipe, data, device)
+    targets, fixed, final = plan(recipe, model)
+    state = _start_or_resume(model, ckpt, resume)
+    history, timing = state["history"], state["timing"]
+    init_state = load_tensors(ckpt / "init.safetensors")
+    t_start = time.perf_counter()
+    for step in range(state["next_step"], len(targets) + 1):
+        target = targets[step - 1] if step else 0.0
+        if step:
+            _prune(model, recipe, target, fixed, final)
+            if recipe.prune.rewind == "lt":
+                rewind(model, init_state)
+        hook = _gradual_hook(model, recipe, fixed, final) if step == 0 and recipe.prune.schedule == "cubic" else None
+        res = fit(model, data.x_train, data.y_train, data.x_val, data.y_val, spec=recipe.train,
+                  seed=recipe.seed + step, on_epoch=hook, progress=progress, label=f"step {step}")
+        entry = _entry(model, data, step, target if hook is None else final, res)
+        history.append(entry)
+        timing["epochs"] += res.epochs
+        timing["train_seconds"] += res.train_seconds
+        log(f"step {step}: sparsity {entry['sparsity']:.3f} accuracy {entry['accuracy']:.4f} "
+            f"BOPs {entry['bops']:.4g} ({entry['bops_reduction']:.1f}x) epochs {res.epochs}")
+        _checkpoint(model, ckpt, step, history, timing)
+    timing["total_seconds"] = timing.get("total_seconds", 0.0) + time.perf_counter() - t_start
+    return RunResult(run_dir, _finish(model, recipe, data, run_dir, history, timing))
+
+
+def _prepare_dir(run_dir: Path, recipe: Recipe, resume: bool) -> Path:
+    ckpt = run_dir / "checkpoints"
+    if (ckpt / "state.json").exists() and not resume:
+        raise RecipeError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    if resume and (run_dir / "recipe.yaml").exists():
+        saved = Recipe.load(run_dir / "recipe.yaml")
+        if saved != recipe:
+            raise RecipeError(f"--resume: the recipe differs from the one in {run_dir / 'recipe.yaml'}; "
+                              "resume with the same recipe or choose another --out")
+    ckpt.mkdir(parents=True, exist_ok=True)
+    recipe.dump(run_dir / "recipe.yaml")
+    return ckpt
+
+
+def _start_or_resume(model: nn.Module, ckpt: Path, resume: bool) -> dict[str, Any]:
+    fresh = {"next_step": 0, "history": [], "timing": {"epochs": 0, "train_seconds": 0.0}}
+    if not (resume and (ckpt / "state.json").exists()):
+        save_tensors(ckpt / "init.safetensors", copy_state(model))
+        return fresh
+    state = read_json(ckpt / "state.json")
+    last = state.get("last_weights")
+    if not last:
+        raise CheckpointError(f"{ckpt / 'state.json'}: no finished step to resume from")
+    load_into(model, ckpt / last)
+    state["next_step"] = state["step"] + 1
+    return state
+
+
+def _checkpoint(model: nn.Module, ckpt: Path, step: int, history: list, timing: dict) -> None:
+    name = f"step_{step:03d}.safetensors"
+    save_tensors(ckpt / name, copy_state(model))
+    write_json(ckpt / "state.json", {"step": step, "last_weights": name, "history": history, "timing": timing})
+
+
+def _entry(model: nn.Module, data, step: int, target: float, res) -> dict[str, Any]:
+    m = measure(model, data.x_test, data.y_test, num_classes=data.num_classes)
+    m.pop("layers")
+    return {"step": step, "target_sparsity": target, "epochs": res.epochs,
+            "best_val_loss": res.best_val_loss, **m}
+
+
+def _gradual_hook(model: nn.Module, recipe: Recipe, fixed: dict[str, float], final: float):
+    """Cubic (Zhu & Gupta) pruning inside one training run: one pruning event per epoch."""
+    p, cubic = recipe.prune, SCHEDULES.get("cubic")
+
+    def hook(epoch: int) -> bool:
+        k = epoch - p.start_epoch + 1
+        if final <= 0 or not 1 <= k <= p.n_steps:
+            return False
+        _prune(model, recipe, cubic(k, final=final, n_steps=p.n_steps), fixed, final)
+        return True
+
+    return hook
+
+
+def _finish(model: nn.Module, recipe: Recipe, data, run_dir: Path, history: list, timing: dict) -> dict:
+    from qaprune.metrics.size import save_packed
+    from qaprune.report import write_report
+
+    metrics = measure(model, data.x_test, data.y_test, num_classes=data.num_classes)
+    layers = metrics.pop("layers")
+    save_tensors(run_dir / "model.safetensors", copy_state(model))
+    metrics["size_bytes"] = save_packed(model, run_dir / "model.packed.safetensors")
+    timing["seconds_per_epoch"] = timing["train_seconds"] / max(timing["epochs"], 1)
+    results = {"name": recipe.name, "qaprune_version": VERSION, "metrics": metrics, "layers": layers,
+               "history": history, "timing": timing, "data": data.summary(), "recipe": recipe.to_dict(),
+               "environment": environment()}
+    write_json(run_dir / "results.json", results)
+    write_report(run_dir)
+    return results
+
+
+def environment() -> dict[str, Any]:
+    """The machine, for honest numbers."""
+    return {"torch": torch.__version__, "python": platform.python_version(),
+            "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "threads": torch.get_num_threads()}
+
+
+def clean(run_dir: str | Path) -> None:
+    """Remove a run directory (used by the demo to start afresh)."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def measure_saved(target: str | Path, *, data_dir: str | None = None) -> dict[str, Any]:
+    """Metrics of a saved model: a run directory, or a ``.safetensors`` beside its recipe.yaml."""
+    target = Path(target)
+    run_dir, weights = (target, target / "model.safetensors") if target.is_dir() else (target.parent, target)
+    if not (run_dir / "recipe.yaml").is_file():
+        raise RecipeError(f"{target}: no recipe.yaml beside the model; measure needs the recipe "
+                          "to rebuild the architecture")
+    recipe = Recipe.load(run_dir / "recipe.yaml")
+    device = setup(recipe)
+    data = load_data(recipe, data_dir, device)
+    model = load_into(build(recipe, data, device), weights)
+    return measure(model, data.x_test, data.y_test, num_classes=data.num_classes)
