@@ -3,6 +3,8 @@ them into plain weights; ``rewind`` resets weights for lottery-ticket training.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
@@ -72,10 +74,14 @@ def _replace_relus(model: nn.Module, recipe: Recipe) -> None:
 def _attach_input(model: nn.Module, bits: int, sample: Tensor | None, top: float | None) -> None:
     if sample is None and top is None:
         raise ValueError("attach: the input quantizer needs a calibration sample or quant.input_max")
-    ref = sample if sample is not None else torch.zeros(1)
-    quant = QuantInput.calibrate(bits, ref, max_value=top)
+    if sample is None:  # a given range and no data: assume signed inputs
+        quant = QuantInput(bits, max_value=top, signed=True)
+    else:
+        quant = QuantInput.calibrate(bits, sample, max_value=top)
     if isinstance(getattr(model, "input_quant", None), nn.Identity):
         model.input_quant = quant
+    elif isinstance(model, nn.Sequential):  # becomes the first stage
+        model._modules = OrderedDict([("input_quant", quant), *model._modules.items()])
     else:
         model.add_module("input_quant", quant)
         model.register_forward_pre_hook(lambda mod, args: (mod.input_quant(args[0]), *args[1:]))
@@ -85,7 +91,13 @@ def bake(model: nn.Module) -> nn.Module:
     """Turn every parametrization into a plain weight (masked, quantized values), in place.
     Activation quantizers stay: they are part of the model's function."""
     for mod in model.modules():
-        for tensor_name in list(getattr(mod, "parametrizations", {}) or {}):
+        names = list(getattr(mod, "parametrizations", {}) or {})
+        if names:
+            # copy.deepcopy shares the generated Parametrized* class between copies, and removal
+            # deletes properties from that class: give this module a class of its own first.
+            cls = mod.__class__
+            mod.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+        for tensor_name in names:
             parametrize.remove_parametrizations(mod, tensor_name, leave_parametrized=True)
     return model
 

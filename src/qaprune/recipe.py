@@ -205,6 +205,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if not sep or not key:
             raise RecipeError(f"--set {item!r}: expected key.path=value")
         node, parts = out, key.split(".")
+        if parts[0] == "layers" and len(parts) > 3:  # a module pattern may contain dots
+            parts = ["layers", ".".join(parts[1:-1]), parts[-1]]
         for i, part in enumerate(parts[:-1]):
             child = node.setdefault(part, {})
             if not isinstance(child, dict):

@@ -46,7 +46,7 @@ def _pack_weight(key: str, w: Tensor, fq: FakeQuant | None, latent: Tensor) -> t
         out[f"{key}.codes"] = codes
         meta["layout"] = "dense"
     if scale is not None:
-        out[f"{key}.scale"] = scale.float()
+        out[f"{key}.scale"] = scale.float().reshape(-1)
     meta["shape"] = list(w.shape)
     return out, meta
 
@@ -66,8 +66,9 @@ def pack(model: nn.Module) -> tuple[dict[str, Tensor], dict]:
         meta[key] = m
         weights.add(key)
     for key, value in _plain_state(model).items():
-        if key not in weights and not key.endswith("num_batches_tracked"):
-            tensors[key] = value.detach().float().contiguous()
+        if key not in weights:
+            v = value.detach()
+            tensors[key] = (v.float() if v.is_floating_point() else v).contiguous()
     return tensors, meta
 
 
