@@ -45,27 +45,29 @@ class FakeQuant(nn.Module):
         self.bits = check_bits(bits, field="bits")
         self.per_channel, self.axis = per_channel, axis
         self.qmax = 2 ** (bits - 1) - 1
-        self.register_buffer("zero_point", torch.zeros(1, dtype=torch.int32), persistent=False)
+        self.register_buffer("zero_point", torch.zeros((), dtype=torch.int32), persistent=False)
+        self._channel_zeros: Tensor | None = None
 
     def forward(self, w: Tensor) -> Tensor:
+        scale, q = self.scale(w), self.qmax
         if self.per_channel:
-            return self._per_channel(w)
-        scale = (w.detach().abs().amax() / self.qmax).clamp_min(1e-12).reshape(1)
-        return torch.fake_quantize_per_tensor_affine(w, scale, self.zero_point, -self.qmax, self.qmax)
-
-    def _per_channel(self, w: Tensor) -> Tensor:
-        dims = [d for d in range(w.dim()) if d != self.axis]
-        scale = (w.detach().abs().amax(dim=dims) / self.qmax).clamp_min(1e-12) if dims else \
-            (w.detach().abs() / self.qmax).clamp_min(1e-12)
-        zp = torch.zeros(scale.shape, dtype=torch.int32, device=w.device)
-        return torch.fake_quantize_per_channel_affine(w, scale, zp, self.axis, -self.qmax, self.qmax)
+            return torch.fake_quantize_per_channel_affine(w, scale, self._zeros(scale), self.axis, -q, q)
+        return torch.fake_quantize_per_tensor_affine(w, scale, self.zero_point, -q, q)
 
     def scale(self, w: Tensor) -> Tensor:
-        """The scale this quantizer uses for ``w``: shape (1,) or (out,)."""
+        """The scale this quantizer uses for ``w``: shape () per-tensor, (out,) per-channel."""
+        a = w.detach().abs()
         if self.per_channel:
             dims = [d for d in range(w.dim()) if d != self.axis]
-            return (w.detach().abs().amax(dim=dims) / self.qmax).clamp_min(1e-12)
-        return (w.detach().abs().amax() / self.qmax).clamp_min(1e-12).reshape(1)
+            a = a.amax(dim=dims) if dims else a
+        else:
+            a = a.max()
+        return a.div_(self.qmax).clamp_min_(1e-12)
+
+    def _zeros(self, scale: Tensor) -> Tensor:
+        if self._channel_zeros is None or self._channel_zeros.shape != scale.shape:
+            self._channel_zeros = torch.zeros(scale.shape, dtype=torch.int32, device=scale.device)
+        return self._channel_zeros
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, per_channel={self.per_channel}"
