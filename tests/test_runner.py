@@ -1,0 +1,152 @@
+"""End-to-end runs on digits: the run-directory contract, resume, NaN stop, measure."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import qaprune.runner as runner
+from qaprune.errors import CheckpointError, NonFiniteError, RecipeError
+from qaprune.io import load_tensors
+from qaprune.recipe import Recipe
+
+QAP = {
+    "name": "t", "data": {"name": "digits", "val": 0.15, "test": 0.2},
+    "model": {"name": "mlp", "args": {"hidden": [32, 16]}},
+    "quant": {"weight_bits": 6, "act_bits": 6},
+    "prune": {"sparsity": 0.6, "rate": 0.3},
+    "train": {"epochs": 3, "batch_size": 128, "patience": None},
+}
+
+
+def test_run_writes_the_contract(tmp_path):
+    res = runner.run(QAP, out=tmp_path / "r", log=lambda *_: None)
+    d = tmp_path / "r"
+    for f in ("recipe.yaml", "results.json", "model.safetensors", "model.packed.safetensors", "report.html"):
+        assert (d / f).is_file(), f
+    results = json.loads((d / "results.json").read_text())
+    m = results["metrics"]
+    for key in ("accuracy", "bops", "bops_fp32_dense", "params", "nonzero_params", "sparsity", "macs",
+                "size_bytes", "neural_efficiency"):
+        assert key in m, key
+    assert 0.0 <= m["accuracy"] <= 1.0
+    assert [h["step"] for h in results["history"]] == [0, 1, 2]
+    assert [h["target_sparsity"] for h in results["history"]] == pytest.approx([0.0, 0.3, 0.6])
+    assert m["sparsity"] >= 0.6 - 1e-6 and m["bops"] < m["bops_fp32_dense"]
+    assert m["size_bytes"] == (d / "model.packed.safetensors").stat().st_size
+    assert results["timing"]["seconds_per_epoch"] > 0
+    assert Recipe.load(d / "recipe.yaml").to_dict() == res.results["recipe"]
+
+
+def test_existing_run_dir_is_not_overwritten(tmp_path):
+    runner.run({**QAP, "prune": {"sparsity": 0.0}}, out=tmp_path / "r", log=lambda *_: None)
+    with pytest.raises(RecipeError, match="--resume"):
+        runner.run({**QAP, "prune": {"sparsity": 0.0}}, out=tmp_path / "r", log=lambda *_: None)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_resume_after_interruption_matches_uninterrupted(tmp_path, monkeypatch):
+    full = runner.run(QAP, out=tmp_path / "full", log=lambda *_: None)
+    real_fit, calls = runner.fit, {"n": 0}
+
+    def flaky_fit(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # killed during the third round
+            raise _Interrupt
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "fit", flaky_fit)
+    with pytest.raises(_Interrupt):
+        runner.run(QAP, out=tmp_path / "part", log=lambda *_: None)
+    state = json.loads((tmp_path / "part" / "checkpoints" / "state.json").read_text())
+    assert state["step"] == 1 and len(state["history"]) == 2
+    monkeypatch.setattr(runner, "fit", real_fit)
+    resumed = runner.run(QAP, out=tmp_path / "part", resume=True, log=lambda *_: None)
+    assert [h["step"] for h in resumed.results["history"]] == [0, 1, 2]
+    assert resumed.results["history"][:2] == state["history"]  # finished work is kept, not redone
+    assert resumed.metrics["accuracy"] == full.metrics["accuracy"]
+    a = load_tensors(tmp_path / "full" / "model.safetensors")
+    b = load_tensors(tmp_path / "part" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_a_different_recipe(tmp_path):
+    runner.run({**QAP, "prune": {"sparsity": 0.0}}, out=tmp_path / "r", log=lambda *_: None)
+    with pytest.raises(RecipeError, match="recipe differs"):
+        runner.run({**QAP, "prune": {"sparsity": 0.0}, "seed": 3}, out=tmp_path / "r", resume=True,
+                   log=lambda *_: None)
+
+
+def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    real_fit, calls = runner.fit, {"n": 0}
+
+    def poisoned_fit(model, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.fill_(float("nan"))
+        return real_fit(model, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "fit", poisoned_fit)
+    with pytest.raises(NonFiniteError, match="NaN|nan"):
+        runner.run(QAP, out=tmp_path / "r", log=lambda *_: None)
+    ckpt = tmp_path / "r" / "checkpoints"
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["step"] == 0
+    weights = load_tensors(ckpt / state["last_weights"])
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+
+def test_corrupt_checkpoint_is_refused_on_resume(tmp_path, monkeypatch):
+    real_fit, calls = runner.fit, {"n": 0}
+
+    def flaky_fit(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise _Interrupt
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "fit", flaky_fit)
+    with pytest.raises(_Interrupt):
+        runner.run(QAP, out=tmp_path / "r", log=lambda *_: None)
+    (tmp_path / "r" / "checkpoints" / "step_000.safetensors").write_bytes(b"\x80\x04not a tensor file")
+    monkeypatch.setattr(runner, "fit", real_fit)
+    with pytest.raises(CheckpointError, match="step_000"):
+        runner.run(QAP, out=tmp_path / "r", resume=True, log=lambda *_: None)
+
+
+def test_lottery_ticket_rewinds_to_initial_weights(tmp_path, monkeypatch):
+    seen = []
+    real_fit = runner.fit
+
+    def spy_fit(model, *args, **kwargs):
+        seen.append({k: v.clone() for k, v in model.state_dict().items()})
+        return real_fit(model, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "fit", spy_fit)
+    recipe = {**QAP, "prune": {**QAP["prune"], "rewind": "lt"}}
+    runner.run(recipe, out=tmp_path / "r", log=lambda *_: None)
+    init = load_tensors(tmp_path / "r" / "checkpoints" / "init.safetensors")
+    key = "fc1.parametrizations.weight.original"
+    mask = seen[1]["fc1.parametrizations.weight.0.mask"]
+    assert torch.equal(seen[1][key], init[key])          # rewound before retraining
+    assert (mask == 0).float().mean() > 0.2              # while the mask is kept
+
+
+def test_cubic_schedule_reaches_final_sparsity(tmp_path):
+    recipe = {**QAP, "prune": {"sparsity": 0.5, "schedule": "cubic", "n_steps": 3, "start_epoch": 1},
+              "train": {**QAP["train"], "epochs": 5}}
+    res = runner.run(recipe, out=tmp_path / "r", log=lambda *_: None)
+    assert res.metrics["sparsity"] >= 0.5 - 1e-6
+
+
+def test_measure_saved_reproduces_results(tmp_path):
+    res = runner.run(QAP, out=tmp_path / "r", log=lambda *_: None)
+    again = runner.measure_saved(tmp_path / "r")
+    assert again["accuracy"] == res.metrics["accuracy"]
+    assert again["bops"] == res.metrics["bops"]
