@@ -17,7 +17,7 @@ from qaprune.io import write_json
 BASE: dict[str, Any] = {
     "data": {"name": "digits", "val": 0.15, "test": 0.25, "seed": 0},
     "model": {"name": "mlp", "args": {"hidden": [64, 32, 32], "batchnorm": "affine"}},
-    "train": {"optimizer": "adam", "lr": 3e-3, "batch_size": 64, "epochs": 80, "patience": 10},
+    "train": {"optimizer": "adam", "lr": 3e-3, "batch_size": 64, "epochs": 80, "patience": 10, "threads": 1},
     "prune": {"rate": 0.1, "of": "original", "rewind": "ft"},
 }
 

@@ -5,8 +5,8 @@ same values as PyTorch's ``fake_quantize_per_tensor_affine`` (round half to even
 grid) but are about 10× faster on CPU for activation-sized tensors, where the native kernel is
 not vectorized: a ``hardtanh`` carries the autograd graph (gradient 1 inside the range, 0
 outside: the straight-through estimator) and its output is rounded onto the grid in place,
-outside autograd. ``hardtanh``'s backward reads only its input, so the in-place rounding of its
-output is invisible to autograd.
+through a detached alias. ``hardtanh``'s backward reads only its input, so the in-place rounding
+of its output is invisible to autograd.
 """
 from __future__ import annotations
 
@@ -24,8 +24,7 @@ def quantize_ste(x: Tensor, step: float, lo: int, hi: int) -> Tensor:
         [0.0, 0.25, 0.75]
     """
     y = F.hardtanh(x, lo * step, hi * step)
-    with torch.no_grad():
-        y.mul_(1.0 / step).round_().mul_(step)
+    y.detach().mul_(1.0 / step).round_().mul_(step)  # same storage, outside autograd
     return y
 
 from qaprune.quant.fake_quant import check_bits
@@ -76,6 +75,7 @@ class QuantInput(nn.Module):
         # buffers, so that a calibrated range travels with the weights
         self.register_buffer("scale", torch.tensor([max(float(max_value), 1e-12) / self.qmax]))
         self.register_buffer("zero_point", torch.zeros(1, dtype=torch.int32))
+        self._step: float | None = None
 
     @property
     def max_value(self) -> float:
@@ -89,7 +89,16 @@ class QuantInput(nn.Module):
         return cls(bits, max_value=top, signed=signed)
 
     def forward(self, x: Tensor) -> Tensor:
-        return quantize_ste(x, float(self.scale), self.qmin, self.qmax)
+        step = self._step if self._step is not None else self._cache_step()
+        return quantize_ste(x, step, self.qmin, self.qmax)
+
+    def _cache_step(self) -> float:
+        self._step = float(self.scale)
+        return self._step
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # a loaded range replaces the cache
+        super()._load_from_state_dict(*args, **kwargs)
+        self._step = None
 
     def extra_repr(self) -> str:
         return f"bits={self.act_bits}, max_value={self.max_value:.4g}, signed={self.signed}"
