@@ -52,20 +52,14 @@ def _user_factory(spec: str):
         raise RecipeError(f"model.name: {module_name!r} has no attribute {attr!r}") from None
 
 
-def _norm1d(width: int, batchnorm: str) -> nn.Module:
+def _norm(width: int, batchnorm: str, *, dims: int) -> nn.Module:
+    """Batch norm after a layer: ``affine``, ``no_affine`` (normalize only) or ``none``."""
     if batchnorm not in BATCHNORM_MODES:
         raise RecipeError(f"model.args.batchnorm: {batchnorm!r}; allowed: {', '.join(BATCHNORM_MODES)}")
     if batchnorm == "none":
         return nn.Identity()
-    return nn.BatchNorm1d(width, affine=batchnorm == "affine")
-
-
-def _norm2d(width: int, batchnorm: str) -> nn.Module:
-    if batchnorm not in BATCHNORM_MODES:
-        raise RecipeError(f"model.args.batchnorm: {batchnorm!r}; allowed: {', '.join(BATCHNORM_MODES)}")
-    if batchnorm == "none":
-        return nn.Identity()
-    return nn.BatchNorm2d(width, affine=batchnorm == "affine")
+    cls = nn.BatchNorm1d if dims == 1 else nn.BatchNorm2d
+    return cls(width, affine=batchnorm == "affine")
 
 
 @MODELS.register("mlp")
@@ -80,7 +74,7 @@ def mlp(*, input_shape: Sequence[int], num_classes: int, hidden: Sequence[int] =
     layers: list[tuple[str, nn.Module]] = [("input_quant", nn.Identity()), ("flatten", nn.Flatten())]
     width = math.prod(input_shape)
     for i, h in enumerate(hidden, start=1):
-        layers += [(f"fc{i}", nn.Linear(width, h)), (f"bn{i}", _norm1d(h, batchnorm)),
+        layers += [(f"fc{i}", nn.Linear(width, h)), (f"bn{i}", _norm(h, batchnorm, dims=1)),
                    (f"act{i}", nn.ReLU())]
         if dropout:
             layers.append((f"drop{i}", nn.Dropout(dropout)))
@@ -97,7 +91,7 @@ def lenet300(*, input_shape: Sequence[int], num_classes: int, batchnorm: str = "
 
 def _conv_block(c_in: int, c_out: int, batchnorm: str, index: int) -> list[tuple[str, nn.Module]]:
     return [(f"conv{index}", nn.Conv2d(c_in, c_out, 3, padding=1, bias=batchnorm == "none")),
-            (f"bn{index}", _norm2d(c_out, batchnorm)), (f"act{index}", nn.ReLU())]
+            (f"bn{index}", _norm(c_out, batchnorm, dims=2)), (f"act{index}", nn.ReLU())]
 
 
 @MODELS.register("lenet5")
@@ -109,9 +103,9 @@ def lenet5(*, input_shape: Sequence[int], num_classes: int, batchnorm: str = "no
     """
     c, h, w = _image_shape(input_shape)
     big = min(h, w) >= 16  # small inputs (8×8 digits) keep their size through the second conv
-    feats = nn.Sequential(nn.Conv2d(c, 6, 5, padding=2), _norm2d(6, batchnorm), nn.ReLU(),
+    feats = nn.Sequential(nn.Conv2d(c, 6, 5, padding=2), _norm(6, batchnorm, dims=2), nn.ReLU(),
                           nn.MaxPool2d(2), nn.Conv2d(6, 16, 5, padding=0 if big else 2),
-                          _norm2d(16, batchnorm), nn.ReLU(), nn.MaxPool2d(2) if big else nn.Identity())
+                          _norm(16, batchnorm, dims=2), nn.ReLU(), nn.MaxPool2d(2) if big else nn.Identity())
     flat = _flat_size(feats, (c, h, w))
     return nn.Sequential(OrderedDict([
         ("input_quant", nn.Identity()), ("features", feats), ("flatten", nn.Flatten()),
