@@ -28,16 +28,30 @@ def summarize_layers(layers: list[LayerProfile]) -> dict[str, float]:
 
 
 @torch.no_grad()
-def measure(model: nn.Module, x: Tensor, y: Tensor, *, num_classes: int,
+def measure(model: nn.Module, x: Any, y: Tensor | None = None, *, num_classes: int | None = None,
             efficiency: bool = True) -> dict[str, Any]:
-    """All metrics of ``model`` on (x (N, ...), y (N,)): a flat dict plus ``layers``.
+    """All metrics of ``model`` on (x (N, ...), y (N,)), or on a ``Dataset``'s test split:
+    a flat dict plus ``layers``.
 
     ``accuracy`` and ``auc`` are on (x, y); BOPs and MACs per sample; ``size_bytes`` is the real
     size of the compressed artifact (see ``metrics.size``); neural efficiency and aIQ (β = 2)
     follow Schaub & Hotaling.
+
+    Example:
+        >>> from qaprune.data import load_dataset
+        >>> from qaprune.models import build_model
+        >>> data = load_dataset("digits")
+        >>> m = build_model("mlp", input_shape=data.input_shape, num_classes=10)
+        >>> measure(m, data)["bops_reduction"]
+        1.0
     """
     from qaprune.metrics.classification import accuracy, check_finite, predict, roc_auc
     from qaprune.metrics.size import fp32_bytes, size_bytes
+
+    if y is None:  # a Dataset: its test split
+        x, y, num_classes = x.x_test, x.y_test, num_classes or x.num_classes
+    if num_classes is None:
+        num_classes = int(y.max()) + 1
 
     logits = predict(model, x)
     loss = float(torch.nn.functional.cross_entropy(logits, y))

@@ -1,0 +1,21 @@
+"""The runnable examples in public docstrings stay runnable and right."""
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "qaprune.registry", "qaprune.recipe", "qaprune.quant.fake_quant", "qaprune.quant.activations",
+    "qaprune.prune.criteria", "qaprune.prune.structures", "qaprune.prune.schedules",
+    "qaprune.prune.pruner", "qaprune.metrics.bops", "qaprune.models", "qaprune.compress",
+    "qaprune.train", "qaprune.metrics",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0, f"{result.failed} of {result.attempted} examples failed in {name}"
