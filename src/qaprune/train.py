@@ -23,6 +23,8 @@ from qaprune.recipe import TrainSpec
 # on_epoch(epoch) is called before each epoch; it returns True when it changed the model
 # (e.g. gradual pruning), which restarts early stopping from that epoch.
 EpochHook = Callable[[int], bool]
+# on_step(model) is called after every optimizer step (e.g. to track weight statistics).
+StepHook = Callable[[nn.Module], None]
 
 
 @dataclass
@@ -78,7 +80,7 @@ def evaluate_loss(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 4
 
 def fit(model: nn.Module, x_train: Tensor, y_train: Tensor, x_val: Tensor, y_val: Tensor, *,
         spec: TrainSpec, seed: int = 0, on_epoch: EpochHook | None = None,
-        progress: bool = False, label: str = "train") -> FitResult:
+        on_step: StepHook | None = None, progress: bool = False, label: str = "train") -> FitResult:
     """Train ``model`` in place; x (N, ...) float, y (N,) int64, already on the model's device.
 
     Adam/AdamW/SGD with an optional cosine/step learning-rate schedule, L1 on the weights,
@@ -98,7 +100,7 @@ def fit(model: nn.Module, x_train: Tensor, y_train: Tensor, x_val: Tensor, y_val
             if on_epoch is not None and on_epoch(epoch):
                 result.best_val_loss, best_state, bad = math.inf, None, 0
             t0 = time.perf_counter()
-            train_loss = _train_epoch(model, opt, x_train, y_train, spec, gen)
+            train_loss = _train_epoch(model, opt, x_train, y_train, spec, gen, on_step)
             result.train_seconds += time.perf_counter() - t0
             if sched is not None:
                 sched.step()
@@ -120,7 +122,7 @@ def fit(model: nn.Module, x_train: Tensor, y_train: Tensor, x_val: Tensor, y_val
 
 
 def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor,
-                 spec: TrainSpec, gen: torch.Generator) -> float:
+                 spec: TrainSpec, gen: torch.Generator, on_step: StepHook | None = None) -> float:
     model.train()
     perm = torch.randperm(len(x), generator=gen).to(x.device)
     total, bs = 0.0, spec.batch_size
@@ -132,6 +134,8 @@ def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Ten
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if on_step is not None:
+            on_step(model)
         total += loss.detach() * len(idx)
     mean = float(total) / len(x)
     _check_finite(mean, "training loss")
