@@ -42,7 +42,7 @@ def attach(model: nn.Module, recipe: Recipe, *, sample: Tensor | None = None) ->
     _replace_relus(model, recipe)
     input_bits = q.input_bits if q.input_bits is not None else q.act_bits
     if input_bits < FLOAT_BITS:
-        _attach_input(model, input_bits, sample, q.input_max)
+        _attach_input(model, input_bits, sample, q.input_max, learned=q.act_scale == "learned")
     return model
 
 
@@ -68,16 +68,18 @@ def _replace_relus(model: nn.Module, recipe: Recipe) -> None:
             bits = over.act_bits if over.act_bits is not None else recipe.quant.act_bits
             if bits < FLOAT_BITS:
                 top = 6.0 if isinstance(child, nn.ReLU6) else recipe.quant.act_max
-                setattr(parent, child_name, QuantReLU(bits, max_value=top))
+                setattr(parent, child_name, QuantReLU(bits, max_value=top,
+                                                      learned=recipe.quant.act_scale == "learned"))
 
 
-def _attach_input(model: nn.Module, bits: int, sample: Tensor | None, top: float | None) -> None:
+def _attach_input(model: nn.Module, bits: int, sample: Tensor | None, top: float | None, *,
+                  learned: bool = False) -> None:
     if sample is None and top is None:
         raise ValueError("attach: the input quantizer needs a calibration sample or quant.input_max")
     if sample is None:  # a given range and no data: assume signed inputs
-        quant = QuantInput(bits, max_value=top, signed=True)
+        quant = QuantInput(bits, max_value=top, signed=True, learned=learned)
     else:
-        quant = QuantInput.calibrate(bits, sample, max_value=top)
+        quant = QuantInput.calibrate(bits, sample, max_value=top, learned=learned)
     if isinstance(getattr(model, "input_quant", None), nn.Identity):
         model.input_quant = quant
     elif isinstance(model, nn.Sequential):  # becomes the first stage

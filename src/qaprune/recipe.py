@@ -56,7 +56,8 @@ class QuantSpec(_Strict):
     act_bits: int = 32                 # bits of QuantReLU outputs
     input_bits: int | None = None      # the input quantizer; None: same as act_bits
     input_max: float | None = None     # None: calibrated on the training split
-    act_max: float = 6.0               # QuantReLU clips at this value
+    act_max: float = 6.0               # QuantReLU clips at this value (the start, when learned)
+    act_scale: Literal["fixed", "learned"] = "fixed"  # learned: LSQ steps for QuantReLU and input
     per_channel: bool = False
     bias_bits: int = 32                # 32: float bias (see quant.fake_quant's bias policy)
 

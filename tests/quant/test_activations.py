@@ -129,3 +129,24 @@ def test_quant_input_gradient_straight_through_inside() -> None:
 def test_quant_input_refuses_bits_naming_field() -> None:
     with pytest.raises(RecipeError, match=r"^input_bits: 1 bits is not supported"):
         QuantInput(1, max_value=1.0, signed=False)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_learned_quant_relu_matches_fixed_and_trains_its_step(bits: int) -> None:
+    x = torch.linspace(-2, 8, 501)
+    fixed, learned = QuantReLU(bits, max_value=6.0), QuantReLU(bits, max_value=6.0, learned=True)
+    a, b = learned(x), fixed(x)  # x/s vs x·(1/s): exact ties may round to neighbouring levels
+    assert float((a - b).abs().max()) <= fixed.step + 1e-6
+    assert float(torch.isclose(a, b, atol=1e-6).float().mean()) > 0.98
+    learned(x).square().sum().backward()
+    assert learned.scale.grad is not None and float(learned.scale.grad.abs()) > 0
+    assert learned.max_value == pytest.approx(6.0)
+
+
+def test_learned_input_scale_is_a_parameter_in_the_state_dict() -> None:
+    q = QuantInput(4, max_value=1.0, signed=False, learned=True)
+    assert "scale" in dict(q.named_parameters()) and "scale" in q.state_dict()
+    out = q(torch.tensor([0.0, 0.5, 1.0, 2.0]))
+    assert out.tolist()[3] == pytest.approx(1.0)
+    out.sum().backward()
+    assert q.scale.grad is not None

@@ -84,9 +84,21 @@ def test_values_are_integer_multiples_of_scale(bits: int, per_channel: bool) -> 
 @pytest.mark.parametrize("per_channel", [False, True])
 @pytest.mark.parametrize("bits", BITS)
 def test_straight_through_gradient(bits: int, per_channel: bool) -> None:
-    w = _weight(300 + bits, (4, 50)).requires_grad_(True)
+    """d/dw of Σ s·round(w/s) with s = max|w|/qmax: 1 for every weight (straight through), plus
+    the scale's gradient Σ(round(w/s) − w/s)·sign(w_max)/qmax on the largest weight (per row
+    when per-channel)."""
+    w = _weight(300 + bits, (4, 50)).double().requires_grad_(True)
     FakeQuant(bits, per_channel=per_channel)(w).sum().backward()
-    assert torch.equal(w.grad, torch.ones_like(w))
+    qmax = 2 ** (bits - 1) - 1
+    with torch.no_grad():
+        rows = w if per_channel else w.reshape(1, -1)
+        s = rows.abs().amax(dim=1, keepdim=True) / qmax
+        extra = (torch.round(rows / s) - rows / s).sum(dim=1) / qmax
+        expected = torch.ones_like(rows)
+        top = rows.abs().argmax(dim=1)
+        for r, c in enumerate(top.tolist()):
+            expected[r, c] += extra[r] * torch.sign(rows[r, c])
+    assert torch.allclose(w.grad, expected.reshape(w.shape), atol=1e-9)
 
 
 def test_two_bits_is_ternary() -> None:
