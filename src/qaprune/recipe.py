@@ -68,6 +68,7 @@ class PruneSpec(_Strict):
     sparsity: float = 0.0              # final sparsity of the free layers, in [0, 1)
     criterion: str = "magnitude"
     structure: str = "unstructured"
+    structure_args: dict[str, Any] = {}  # e.g. {n: 2, m: 4} for N:M, {block: [4, 4]} for blocks
     allocation: Literal["global", "uniform"] = "global"
     schedule: Literal["iterative", "cubic", "oneshot"] = "iterative"
     rate: float = 0.1                  # iterative: sparsity added per round

@@ -102,7 +102,8 @@ def _prune(model: nn.Module, recipe: Recipe, target: float, fixed: dict[str, flo
     free = recipe.prune.sparsity * frac
     prune_to(model, free, criterion=recipe.prune.criterion, structure=recipe.prune.structure,
              allocation=recipe.prune.allocation, fixed={n: s * frac for n, s in fixed.items()},
-             generator=torch.Generator().manual_seed(recipe.seed))
+             generator=torch.Generator().manual_seed(recipe.seed),
+             structure_args=recipe.prune.structure_args)
 
 
 def run(recipe: Recipe | str | Path | dict, *, out: str | Path | None = None, data_dir: str | None = None,

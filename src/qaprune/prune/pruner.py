@@ -76,7 +76,8 @@ def current_sparsity(model: nn.Module) -> float:
 def prune_to(model: nn.Module, sparsity: float, *, criterion: str = "magnitude",
              structure: str = "unstructured", allocation: str = "global",
              fixed: dict[str, float] | None = None, stats: dict[str, LayerStats] | None = None,
-             generator: torch.Generator | None = None) -> dict[str, float]:
+             generator: torch.Generator | None = None,
+             structure_args: dict | None = None) -> dict[str, float]:
     """Prune every prunable layer of ``model`` so that the free layers reach ``sparsity``.
 
     ``allocation``: "global" ranks all free layers' scores together, "uniform" gives each free
@@ -99,7 +100,7 @@ def prune_to(model: nn.Module, sparsity: float, *, criterion: str = "magnitude",
     achieved = {}
     for name, mod in layers.items():
         mask = get_mask(mod).mask
-        new = struct_fn(scores[name], targets[name]) * mask
+        new = struct_fn(scores[name], targets[name], **(structure_args or {})) * mask
         mask.copy_(new)
         achieved[name] = float((new == 0).sum()) / new.numel()
     return achieved
