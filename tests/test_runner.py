@@ -150,3 +150,11 @@ def test_measure_saved_reproduces_results(tmp_path):
     again = runner.measure_saved(tmp_path / "r")
     assert again["accuracy"] == res.metrics["accuracy"]
     assert again["bops"] == res.metrics["bops"]
+
+
+@pytest.mark.parametrize("criterion", ["taylor", "momentum", "nuclear"])
+def test_data_criteria_run_end_to_end(tmp_path, criterion):
+    recipe = {**QAP, "prune": {**QAP["prune"], "criterion": criterion, "rate": 0.6}}
+    res = runner.run(recipe, out=tmp_path / "r", log=lambda *_: None)
+    assert res.metrics["sparsity"] >= 0.6 - 1e-6
+    assert res.results["recipe"]["prune"]["criterion"] == criterion

@@ -23,7 +23,8 @@ from qaprune.compress import attach, rewind
 from qaprune.errors import CheckpointError, RecipeError
 from qaprune.io import copy_state, load_into, load_tensors, read_json, save_tensors, write_json
 from qaprune.metrics import measure
-from qaprune.prune import prune_to, prunable_layers
+from qaprune.prune import CRITERIA, prune_to, prunable_layers
+from qaprune.prune.stats import MomentumTracker, collect_stats
 from qaprune.prune.schedules import SCHEDULES, steps
 from qaprune.recipe import Recipe
 from qaprune.train import fit
@@ -97,13 +98,31 @@ def plan(recipe: Recipe, model: nn.Module) -> tuple[list[float], dict[str, float
     return steps(p.schedule, final=final, **args), fixed, final
 
 
-def _prune(model: nn.Module, recipe: Recipe, target: float, fixed: dict[str, float], final: float) -> None:
-    frac = target / final if final else 1.0
-    free = recipe.prune.sparsity * frac
-    prune_to(model, free, criterion=recipe.prune.criterion, structure=recipe.prune.structure,
-             allocation=recipe.prune.allocation, fixed={n: s * frac for n, s in fixed.items()},
-             generator=torch.Generator().manual_seed(recipe.seed),
-             structure_args=recipe.prune.structure_args)
+@dataclass
+class _Pruning:
+    """What a pruning event needs: the recipe, per-layer fixed sparsities, the final level, and
+    the data (and training-time tracker) for criteria that score from statistics."""
+
+    recipe: Recipe
+    fixed: dict[str, float]
+    final: float
+    data: Any = None
+    tracker: Any = None
+
+    @property
+    def needs(self) -> frozenset[str]:
+        return getattr(CRITERIA.get(self.recipe.prune.criterion), "needs", frozenset())
+
+    def __call__(self, model: nn.Module, target: float) -> None:
+        p, frac = self.recipe.prune, target / self.final if self.final else 1.0
+        gen = torch.Generator().manual_seed(self.recipe.seed)
+        stats = None
+        if self.needs:
+            stats = collect_stats(model, self.data.x_train, self.data.y_train, needs=self.needs,
+                                  momentum=self.tracker, generator=torch.Generator().manual_seed(self.recipe.seed))
+        prune_to(model, p.sparsity * frac, criterion=p.criterion, structure=p.structure,
+                 allocation=p.allocation, fixed={n: s * frac for n, s in self.fixed.items()},
+                 generator=gen, stats=stats, structure_args=p.structure_args)
 
 
 def run(recipe: Recipe | str | Path | dict, *, out: str | Path | None = None, data_dir: str | None = None,
@@ -123,6 +142,9 @@ def run(recipe: Recipe | str | Path | dict, *, out: str | Path | None = None, da
     data = load_data(recipe, data_dir, device)
     model = build(recipe, data, device)
     targets, fixed, final = plan(recipe, model)
+    pruning = _Pruning(recipe, fixed, final, data)
+    if "momentum" in pruning.needs:
+        pruning.tracker = MomentumTracker(model)
     state = _start_or_resume(model, ckpt, resume)
     history, timing = state["history"], state["timing"]
     init_state = load_tensors(ckpt / "init.safetensors")
@@ -130,12 +152,13 @@ def run(recipe: Recipe | str | Path | dict, *, out: str | Path | None = None, da
     for step in range(state["next_step"], len(targets) + 1):
         target = targets[step - 1] if step else 0.0
         if step:
-            _prune(model, recipe, target, fixed, final)
+            pruning(model, target)
             if recipe.prune.rewind == "lt":
                 rewind(model, init_state)
-        hook = _gradual_hook(model, recipe, fixed, final) if step == 0 and recipe.prune.schedule == "cubic" else None
+        hook = _gradual_hook(model, pruning) if step == 0 and recipe.prune.schedule == "cubic" else None
         res = fit(model, data.x_train, data.y_train, data.x_val, data.y_val, spec=recipe.train,
-                  seed=recipe.seed + step, on_epoch=hook, progress=progress, label=f"step {step}")
+                  seed=recipe.seed + step, on_epoch=hook, on_step=pruning.tracker, progress=progress,
+                  label=f"step {step}")
         entry = _entry(model, data, step, target if hook is None else final, res)
         history.append(entry)
         timing["epochs"] += res.epochs
@@ -188,15 +211,15 @@ def _entry(model: nn.Module, data, step: int, target: float, res) -> dict[str, A
             "best_val_loss": res.best_val_loss, **m}
 
 
-def _gradual_hook(model: nn.Module, recipe: Recipe, fixed: dict[str, float], final: float):
+def _gradual_hook(model: nn.Module, pruning: _Pruning):
     """Cubic (Zhu & Gupta) pruning inside one training run: one pruning event per epoch."""
-    p, cubic = recipe.prune, SCHEDULES.get("cubic")
+    p, cubic, final = pruning.recipe.prune, SCHEDULES.get("cubic"), pruning.final
 
     def hook(epoch: int) -> bool:
         k = epoch - p.start_epoch + 1
         if final <= 0 or not 1 <= k <= p.n_steps:
             return False
-        _prune(model, recipe, cubic(k, final=final, n_steps=p.n_steps), fixed, final)
+        pruning(model, cubic(k, final=final, n_steps=p.n_steps))
         return True
 
     return hook
