@@ -69,7 +69,7 @@ class PruneSpec(_Strict):
     criterion: str = "magnitude"
     structure: str = "unstructured"
     structure_args: dict[str, Any] = {}  # e.g. {n: 2, m: 4} for N:M, {block: [4, 4]} for blocks
-    allocation: Literal["global", "uniform"] = "global"
+    allocation: Literal["global", "uniform", "lamp"] = "global"
     schedule: Literal["iterative", "cubic", "oneshot"] = "iterative"
     rate: float = 0.1                  # iterative: sparsity added per round
     of: Literal["original", "remaining"] = "original"

@@ -143,9 +143,13 @@ def test_prune_with_fake_quant_uses_latent_weight() -> None:
 
 
 @pytest.mark.parametrize("criterion", CRITERIA.names())
-@pytest.mark.parametrize("structure", STRUCTURES.names())
+@pytest.mark.parametrize("structure", ["unstructured"])
 @pytest.mark.parametrize("allocation", ["global", "uniform"])
 def test_every_criterion_with_every_structure(criterion: str, structure: str, allocation: str) -> None:
+    """Every criterion on the two Linear layers; every structure × criterion on a CNN is in
+    test_structures_more.py (structured patterns cannot hit 0.5 ± 1/32 on these tiny layers)."""
+    if CRITERIA.get(criterion).needs:
+        pytest.skip("needs collected stats: covered by test_criteria_data.py")
     model = _two_layers(seed=5)
     x = torch.randn(4, 5)
     achieved = prune_to(model, 0.5, criterion=criterion, structure=structure, allocation=allocation,
@@ -179,8 +183,8 @@ def test_unknown_allocation_names_allowed() -> None:
 
 
 def test_unknown_criterion_lists_known() -> None:
-    with pytest.raises(KeyError, match="unknown criterion 'taylor'; known: "):
-        prune_to(_two_layers(), 0.5, criterion="taylor")
+    with pytest.raises(KeyError, match="unknown criterion 'psychic'; known: "):
+        prune_to(_two_layers(), 0.5, criterion="psychic")
 
 
 def test_zero_sparsity_prunes_nothing() -> None:

@@ -11,10 +11,10 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from qaprune.errors import RecipeError
-from qaprune.prune.criteria import CRITERIA, LayerStats
+from qaprune.prune.criteria import CRITERIA, LayerStats, lamp
 from qaprune.prune.structures import STRUCTURES
 
-ALLOCATIONS = ("global", "uniform")
+ALLOCATIONS = ("global", "uniform", "lamp")
 
 
 class Mask(nn.Module):
@@ -81,12 +81,17 @@ def prune_to(model: nn.Module, sparsity: float, *, criterion: str = "magnitude",
     """Prune every prunable layer of ``model`` so that the free layers reach ``sparsity``.
 
     ``allocation``: "global" ranks all free layers' scores together, "uniform" gives each free
-    layer the same sparsity; layers in ``fixed`` (name → sparsity) get exactly theirs.
+    layer the same sparsity, "lamp" ranks the LAMP-normalized scores of the free layers together
+    (s² / Σ of the layer's s_j² with s_j ≥ s: scale-free, the layer's top score is 1); layers in
+    ``fixed`` (name → sparsity) get exactly theirs. The allocation fixes each layer's target;
+    the structure (with ``structure_args``) picks the pattern. A structure that refuses a
+    layer raises a ``RecipeError`` naming it, before any mask changes.
     Returns the achieved sparsity of every layer.
     """
     if allocation not in ALLOCATIONS:
         raise RecipeError(f"recipe.prune.allocation: {allocation!r}; allowed: {', '.join(ALLOCATIONS)}")
-    score_fn, struct_fn = CRITERIA.get(criterion), STRUCTURES.get(structure)
+    score_fn = CRITERIA.get(criterion)
+    STRUCTURES.get(structure)  # an unknown name fails before any work
     layers, fixed, stats = prunable_layers(model), fixed or {}, stats or {}
     scores = {}
     for name, mod in layers.items():
@@ -97,18 +102,34 @@ def prune_to(model: nn.Module, sparsity: float, *, criterion: str = "magnitude",
     targets = {n: fixed[n] for n in layers if n in fixed}
     free = [n for n in layers if n not in fixed]
     targets.update(_allocate({n: scores[n] for n in free}, sparsity, allocation))
+    new = {name: _structure_mask(structure, name, scores[name], targets[name], structure_args or {})
+           * get_mask(mod).mask for name, mod in layers.items()}
     achieved = {}
-    for name, mod in layers.items():
-        mask = get_mask(mod).mask
-        new = struct_fn(scores[name], targets[name], **(structure_args or {})) * mask
-        mask.copy_(new)
-        achieved[name] = float((new == 0).sum()) / new.numel()
+    for name, mod in layers.items():  # only once every layer's mask was computed
+        get_mask(mod).mask.copy_(new[name])
+        achieved[name] = float((new[name] == 0).sum()) / new[name].numel()
     return achieved
+
+
+def _structure_mask(structure: str, layer: str, scores: Tensor, sparsity: float, args: dict) -> Tensor:
+    """The structure's mask; a shape or argument it refuses becomes a RecipeError naming the layer."""
+    try:
+        return STRUCTURES.get(structure)(scores, sparsity, **args)
+    except (ValueError, TypeError) as exc:
+        raise RecipeError(f"prune.structure {structure}: layer {layer!r}: {exc}") from exc
+
+
+def _lamp_scores(scores: Tensor) -> Tensor:
+    """criteria.lamp of a layer's scores; entries pruned earlier (-inf) stay -inf."""
+    pruned = scores == float("-inf")
+    return lamp(scores.masked_fill(pruned, 0.0), LayerStats()).masked_fill(pruned, float("-inf"))
 
 
 def _allocate(scores: dict[str, Tensor], sparsity: float, allocation: str) -> dict[str, float]:
     if not scores or allocation == "uniform":
         return {n: sparsity for n in scores}
+    if allocation == "lamp":
+        scores = {n: _lamp_scores(s) for n, s in scores.items()}
     flat = torch.cat([s.flatten() for s in scores.values()])
     n_prune = int(round(sparsity * flat.numel()))
     pruned = torch.zeros(flat.numel(), dtype=torch.bool)
