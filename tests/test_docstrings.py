@@ -10,7 +10,8 @@ MODULES = [
     "qaprune.registry", "qaprune.recipe", "qaprune.quant.fake_quant", "qaprune.quant.activations",
     "qaprune.prune.criteria", "qaprune.prune.structures", "qaprune.prune.schedules",
     "qaprune.prune.pruner", "qaprune.metrics.bops", "qaprune.models", "qaprune.compress",
-    "qaprune.train", "qaprune.metrics",
+    "qaprune.train", "qaprune.metrics", "qaprune.prune.optim", "qaprune.prune.stats",
+    "qaprune.prune.groups", "qaprune.export.shrink", "qaprune.metrics.latency", "qaprune.models.resnet",
 ]
 
 

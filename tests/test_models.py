@@ -13,7 +13,8 @@ from qaprune.errors import RecipeError
 from qaprune.models import MODELS, build_model
 
 SHAPES = {"mlp": [(16,)], "lenet300": [(16,)], "lenet5": [(1, 28, 28), (1, 8, 8)],
-          "vgg_small": [(1, 28, 28), (1, 8, 8), (3, 8, 8)]}
+          "vgg_small": [(1, 28, 28), (1, 8, 8), (3, 8, 8)],
+          "resnet8": [(3, 32, 32), (1, 28, 28), (1, 8, 8)]}
 CASES = [(name, shape) for name in MODELS.names() for shape in SHAPES.get(name, [])]
 
 

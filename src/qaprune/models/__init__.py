@@ -149,3 +149,4 @@ def _flat_size(features: nn.Module, shape: tuple[int, int, int]) -> int:
 
     with torch.no_grad():
         return int(features(torch.zeros(1, *shape)).numel())
+from qaprune.models import resnet as _resnet  # noqa: E402,F401  (registers resnet8)
