@@ -10,7 +10,7 @@ import yaml
 from qaprune.errors import RecipeError
 from qaprune.prune import CRITERIA, STRUCTURES
 from qaprune.recipe import (DataSpec, LayerOverride, ModelSpec, PruneSpec, QuantSpec, Recipe,
-                            TrainSpec, apply_overrides, json_schema)
+                            SparseSpec, TrainSpec, apply_overrides, json_schema)
 
 REPO_RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 
@@ -144,6 +144,16 @@ def test_override_layer_pattern_with_dot() -> None:
       "train": {"epochs": 12}},
      "recipe: prune.start_epoch + prune.n_steps = 15 exceeds train.epochs = 12; "
      "the cubic schedule must end inside training"),
+    ({"train": {"optimizer": "hspg", "sparse": {"lam": -0.5}}}, "recipe.train.sparse.lam: -0.5 is not >= 0"),
+    ({"train": {"optimizer": "obproxsg", "sparse": {"n_p": 0, "n_o": 0}}},
+     "recipe.train.sparse: n_p + n_o = 0; at least one step per cycle is needed (n_o: null "
+     "switches to orthant steps for good after n_p)"),
+    ({"train": {"optimizer": "adam", "sparse": {"lam": 0.1}}},
+     "recipe.train.sparse: set, but train.optimizer is 'adam'; it is used by: hspg, obproxsg "
+     "(remove it, or --set train.sparse=null)"),
+    ({"train": {"optimizer": "hspg", "weight_decay": 0.01}},
+     "recipe.train.weight_decay: 0.01 is not supported by optimizer 'hspg'; allowed: 0 "
+     "(its penalty is train.sparse.lam)"),
 ])
 def test_error_messages_exact(data: dict, msg: str) -> None:
     with pytest.raises(RecipeError) as info:
@@ -157,6 +167,16 @@ def test_literal_error_lists_allowed_values() -> None:
     msg = str(info.value)
     assert msg.startswith("recipe.prune.allocation: 'layerwise': ")
     assert "'global'" in msg and "'uniform'" in msg
+
+
+def test_sparse_optimizer_round_trips_and_defaults() -> None:
+    r = Recipe().override(["train.optimizer=obproxsg", "train.sparse.lam=0.01", "train.sparse.n_o=50"])
+    assert r.train.sparse == SparseSpec(lam=0.01, n_o=50)
+    assert Recipe.parse(yaml.safe_load(r.to_yaml())) == r
+    plain = Recipe.parse({"train": {"optimizer": "hspg"}})
+    assert plain.train.sparse is None and plain.train.sparse_options == SparseSpec()
+    assert (SparseSpec().lam, SparseSpec().n_p, SparseSpec().n_o, SparseSpec().epsilon,
+            SparseSpec().groups) == (1e-3, 100, None, 0.0, "rows")
 
 
 def test_cubic_inside_training_is_fine() -> None:
@@ -182,6 +202,7 @@ def test_several_errors_one_line_each() -> None:
     ({"data": {"file": "x"}}, "recipe.data.file", DataSpec),
     ({"model": {"arch": "x"}}, "recipe.model.arch", ModelSpec),
     ({"layers": {"fc*": {"bits": 4}}}, "recipe.layers.fc*.bits", LayerOverride),
+    ({"train": {"optimizer": "hspg", "sparse": {"lamda": 1}}}, "recipe.train.sparse.lamda", SparseSpec),
 ])
 def test_unknown_fields_list_allowed(data: dict, field: str, model: type) -> None:
     with pytest.raises(RecipeError) as info:

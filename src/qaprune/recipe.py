@@ -9,7 +9,7 @@ from __future__ import annotations
 import fnmatch
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 from qaprune.errors import RecipeError
 
 SUPPORTED_BITS = (*range(2, 17), 32)
+SPARSE_OPTIMIZERS = ("hspg", "obproxsg")  # qaprune.prune.optim: exact zeros while training
 
 
 class _Strict(BaseModel):
@@ -97,10 +98,36 @@ class PruneSpec(_Strict):
         return v
 
 
+class SparseSpec(_Strict):
+    """Options of the sparse optimizers (``train.optimizer`` hspg / obproxsg, see prune.optim)."""
+
+    lam: float = 1e-3                  # λ: group-lasso (hspg) or ℓ1 (obproxsg) strength
+    n_p: int = 100                     # Prox-SG steps before the half-space / orthant steps
+    n_o: int | None = None             # obproxsg: orthant steps per cycle; None: orthant for good
+    epsilon: float = 0.0               # hspg: half-space projection threshold, in [0, 1)
+    groups: Literal["rows", "columns", "all"] = "rows"  # hspg: how a weight splits into groups
+
+    _check_epsilon = field_validator("epsilon")(_fraction)
+
+    @field_validator("lam", "n_p", "n_o")
+    @classmethod
+    def _non_negative(cls, v: float | None) -> float | None:
+        if v is not None and v < 0:
+            raise ValueError(f"{v} is not >= 0")
+        return v
+
+    @model_validator(mode="after")
+    def _some_steps(self) -> SparseSpec:
+        if self.n_o is not None and self.n_p + self.n_o == 0:
+            raise ValueError("n_p + n_o = 0; at least one step per cycle is needed (n_o: null "
+                             "switches to orthant steps for good after n_p)")
+        return self
+
+
 class TrainSpec(_Strict):
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    optimizer: Literal["adam", "adamw", "sgd", "hspg", "obproxsg"] = "adam"
     lr: float = 1e-3
-    momentum: float = 0.9
+    momentum: float = 0.9              # sgd and hspg
     weight_decay: float = 0.0
     batch_size: int = 256
     epochs: int = 100                  # at most, per training round
@@ -110,6 +137,30 @@ class TrainSpec(_Strict):
     l1: float = 0.0                    # L1 penalty on the weights
     deterministic: bool = True
     threads: int | None = None
+    sparse: SparseSpec | None = None   # hspg / obproxsg options; None: SparseSpec's defaults
+
+    @field_validator("weight_decay")
+    @classmethod
+    def _no_decay_when_sparse(cls, v: float, info) -> float:
+        opt = info.data.get("optimizer")
+        if v and opt in SPARSE_OPTIMIZERS:
+            raise ValueError(f"{v} is not supported by optimizer {opt!r}; allowed: 0 "
+                             "(its penalty is train.sparse.lam)")
+        return v
+
+    @field_validator("sparse")
+    @classmethod
+    def _sparse_needs_its_optimizer(cls, v: SparseSpec | None, info) -> SparseSpec | None:
+        opt = info.data.get("optimizer")
+        if v is not None and opt is not None and opt not in SPARSE_OPTIMIZERS:
+            raise ValueError(f"set, but train.optimizer is {opt!r}; it is used by: "
+                             f"{', '.join(SPARSE_OPTIMIZERS)} (remove it, or --set train.sparse=null)")
+        return v
+
+    @property
+    def sparse_options(self) -> SparseSpec:
+        """``sparse`` or, when unset, the defaults."""
+        return self.sparse if self.sparse is not None else SparseSpec()
 
 
 class LayerOverride(_Strict):
@@ -211,6 +262,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             parts = ["layers", ".".join(parts[1:-1]), parts[-1]]
         for i, part in enumerate(parts[:-1]):
             child = node.setdefault(part, {})
+            if child is None:  # an unset optional section (train.sparse: null)
+                child = node[part] = {}
             if not isinstance(child, dict):
                 raise RecipeError(f"--set {item!r}: recipe.{'.'.join(parts[:i + 1])} is not a section")
             node = child
@@ -241,8 +294,10 @@ def _allowed_fields(loc: tuple) -> list[str]:
             model, i = LayerOverride, i + 2
             continue
         ann = model.model_fields[parts[i]].annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            model = ann
+        for t in (ann, *get_args(ann)):  # a section, or an optional one (SparseSpec | None)
+            if isinstance(t, type) and issubclass(t, BaseModel):
+                model = t
+                break
         i += 1
     return list(model.model_fields)
 

@@ -19,14 +19,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from qaprune.compress import attach, rewind
+from qaprune.compress import WEIGHT_LAYERS, attach, rewind
 from qaprune.errors import CheckpointError, RecipeError
 from qaprune.io import copy_state, load_into, load_tensors, read_json, save_tensors, write_json
 from qaprune.metrics import measure
 from qaprune.prune import CRITERIA, prune_to, prunable_layers
+from qaprune.prune.optim import groups_to_masks
+from qaprune.prune.pruner import add_mask
 from qaprune.prune.stats import MomentumTracker, collect_stats
 from qaprune.prune.schedules import SCHEDULES, steps
-from qaprune.recipe import Recipe
+from qaprune.recipe import SPARSE_OPTIMIZERS, Recipe
 from qaprune.train import fit
 
 VERSION = "0.1.0"
@@ -84,7 +86,21 @@ def build(recipe: Recipe, data, device: torch.device) -> nn.Module:
     torch.manual_seed(recipe.seed)
     model = build_model(recipe.model.name, input_shape=data.input_shape, num_classes=data.num_classes,
                         **recipe.model.args)
+    _sparse_masks(model, recipe)
     return attach(model.to(device), recipe, sample=data.x_train).to(device)
+
+
+def _sparse_masks(model: nn.Module, recipe: Recipe) -> None:
+    """Under HSPG / OBProx-SG, masks (all ones) on every layer attach would prune, where attach
+    adds none (no pruning): they must sit before the quantizers, and ``groups_to_masks`` fills
+    them after each round. Mirrors attach's rule, so every build of a recipe has the same state."""
+    pruning = recipe.prune.sparsity > 0 or any(o.sparsity for o in recipe.layers.values())
+    if recipe.train.optimizer not in SPARSE_OPTIMIZERS or pruning:
+        return
+    for name, mod in list(model.named_modules()):
+        over = recipe.layer(name)
+        if isinstance(mod, WEIGHT_LAYERS) and over.prune is not False and over.sparsity is None:
+            add_mask(mod)
 
 
 def plan(recipe: Recipe, model: nn.Module) -> tuple[list[float], dict[str, float], float]:
@@ -159,6 +175,8 @@ def run(recipe: Recipe | str | Path | dict, *, out: str | Path | None = None, da
         res = fit(model, data.x_train, data.y_train, data.x_val, data.y_val, spec=recipe.train,
                   seed=recipe.seed + step, on_epoch=hook, on_step=pruning.tracker, progress=progress,
                   label=f"step {step}")
+        if recipe.train.optimizer in SPARSE_OPTIMIZERS:  # the zeros it reached stay zero
+            groups_to_masks(model, res.optimizer)
         entry = _entry(model, data, step, target if hook is None else final, res)
         history.append(entry)
         timing["epochs"] += res.epochs

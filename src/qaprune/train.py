@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -17,8 +17,8 @@ from torch import Tensor, nn
 
 from qaprune.errors import NonFiniteError
 from qaprune.io import copy_state
-from qaprune.prune.pruner import latent_weight
-from qaprune.recipe import TrainSpec
+from qaprune.prune.pruner import get_mask, latent_weight, prunable_layers
+from qaprune.recipe import SPARSE_OPTIMIZERS, TrainSpec
 
 # on_epoch(epoch) is called before each epoch; it returns True when it changed the model
 # (e.g. gradual pruning), which restarts early stopping from that epoch.
@@ -34,21 +34,59 @@ class FitResult:
     best_val_loss: float = math.inf
     train_seconds: float = 0.0
     losses: list[dict[str, float]] = field(default_factory=list)
+    optimizer: torch.optim.Optimizer | None = None  # as training left it (groups_to_masks needs it)
 
     @property
     def seconds_per_epoch(self) -> float:
         return self.train_seconds / self.epochs if self.epochs else 0.0
 
 
-def make_optimizer(params, spec: TrainSpec) -> torch.optim.Optimizer:
-    """The recipe's optimizer; Adam/AdamW use the fused kernel (2× faster epochs on small models
-    on CPU) where all parameters are floating point on CPU or CUDA."""
+def make_optimizer(params: Iterable, spec: TrainSpec, *, dense: Collection[str] = ()
+                   ) -> torch.optim.Optimizer:
+    """The recipe's optimizer over ``params``: tensors or (name, tensor) pairs.
+
+    Adam/AdamW use the fused kernel (2× faster epochs on small models on CPU) where all
+    parameters are floating point on CPU or CUDA. HSPG / OBProx-SG (``spec.sparse``) regularize
+    every tensor of 2+ dims not named in ``dense``; biases, batch norm and other 1-D tensors go
+    into a ``lam: 0`` param group (plain SGD with momentum).
+    """
     params = list(params)
+    if spec.optimizer in SPARSE_OPTIMIZERS:
+        return _sparse_optimizer(params, spec, dense)
+    params = [p[1] if isinstance(p, tuple) else p for p in params]
     if spec.optimizer == "sgd":
         return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
     cls = torch.optim.AdamW if spec.optimizer == "adamw" else torch.optim.Adam
     fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     return cls(params, lr=spec.lr, weight_decay=spec.weight_decay, fused=fused or None)
+
+
+def _sparse_optimizer(params: list, spec: TrainSpec, dense: Collection[str]) -> torch.optim.Optimizer:
+    from qaprune.prune.optim import HSPG, OBProxSG
+
+    def regularized(item) -> bool:
+        name, p = item if isinstance(item, tuple) else (None, item)
+        return p.ndim >= 2 and name not in dense
+
+    s, free = spec.sparse_options, "rows" if spec.optimizer == "hspg" else "elements"
+    groups = [{"params": [q for q in params if regularized(q)]},
+              {"params": [q for q in params if not regularized(q)], "lam": 0.0, "groups": free}]
+    groups = [g for g in groups if g["params"]]
+    if spec.optimizer == "hspg":
+        return HSPG(groups, spec.lr, s.lam, epsilon=s.epsilon, n_p=s.n_p, momentum=spec.momentum,
+                    groups=s.groups)
+    return OBProxSG(groups, spec.lr, s.lam, n_p=s.n_p, n_o=s.n_o)
+
+
+def unmasked_weights(model: nn.Module) -> list[str]:
+    """Names of the weights of Linear/Conv layers without a ``Mask`` when some layer has one
+    (``layers.<name>.prune: false``): a sparse optimizer leaves them dense. [] when none has."""
+    if not prunable_layers(model):
+        return []
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [names[id(latent_weight(m))] for m in model.modules()
+            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) and get_mask(m) is None
+            and id(latent_weight(m)) in names]
 
 
 def _lr_scheduler(opt: torch.optim.Optimizer, spec: TrainSpec):
@@ -83,8 +121,10 @@ def fit(model: nn.Module, x_train: Tensor, y_train: Tensor, x_val: Tensor, y_val
         on_step: StepHook | None = None, progress: bool = False, label: str = "train") -> FitResult:
     """Train ``model`` in place; x (N, ...) float, y (N,) int64, already on the model's device.
 
-    Adam/AdamW/SGD with an optional cosine/step learning-rate schedule, L1 on the weights,
-    early stopping on the validation loss (``spec.patience``) with restore of the best weights.
+    Adam/AdamW/SGD/HSPG/OBProx-SG with an optional cosine/step learning-rate schedule, L1 on
+    the weights, early stopping on the validation loss (``spec.patience``) with restore of the
+    best weights. ``result.optimizer`` is the optimizer as training left it: after HSPG /
+    OBProx-SG, ``groups_to_masks(model, result.optimizer)`` freezes the zeros it reached.
 
     Example:
         >>> m = nn.Sequential(nn.Linear(4, 3))
@@ -92,9 +132,10 @@ def fit(model: nn.Module, x_train: Tensor, y_train: Tensor, x_val: Tensor, y_val
         >>> fit(m, x, y, x, y, spec=TrainSpec(epochs=2)).epochs
         2
     """
-    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], spec)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    opt = make_optimizer(named, spec, dense=unmasked_weights(model))
     sched, gen = _lr_scheduler(opt, spec), torch.Generator().manual_seed(seed)
-    result, best_state, bad = FitResult(), None, 0
+    result, best_state, bad = FitResult(optimizer=opt), None, 0
     with _progress(progress, label, spec.epochs) as advance:
         for epoch in range(spec.epochs):
             if on_epoch is not None and on_epoch(epoch):
