@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 from qaprune.errors import RecipeError
 
 SUPPORTED_BITS = (*range(2, 17), 32)
+MAX_CLUSTERS = 2 ** 16
 SPARSE_OPTIMIZERS = ("hspg", "obproxsg")  # qaprune.prune.optim: exact zeros while training
 
 
@@ -27,6 +28,12 @@ class _Strict(BaseModel):
 def _bits(v: int | None, info) -> int | None:
     if v is not None and v not in SUPPORTED_BITS:
         raise ValueError(f"{v} bits is not supported; allowed: 2..16 or 32 (float)")
+    return v
+
+
+def _clusters(v: int | None) -> int | None:
+    if v is not None and not 2 <= v <= MAX_CLUSTERS:
+        raise ValueError(f"{v} clusters is not supported; allowed: 2..{MAX_CLUSTERS}")
     return v
 
 
@@ -61,15 +68,21 @@ class QuantSpec(_Strict):
     act_scale: Literal["fixed", "learned"] = "fixed"  # learned: LSQ steps for QuantReLU and input
     per_channel: bool = False
     bias_bits: int = 32                # 32: float bias (see quant.fake_quant's bias policy)
+    weight_scale: Literal["max", "learned"] = "max"  # learned: LSQ step sizes for the weights
+    clusters: int | None = None        # weight sharing: k shared values per layer (quant.cluster)
+    cluster_epochs: int = 3            # fine-tuning of the shared values after clustering
+    cluster_reg: float = 0.0           # clustering-friendly regularizer (pull to the centres)
 
     _check_bits = field_validator("weight_bits", "act_bits", "input_bits", "bias_bits")(_bits)
+    _check_clusters = field_validator("clusters")(_clusters)
 
 
 class PruneSpec(_Strict):
     sparsity: float = 0.0              # final sparsity of the free layers, in [0, 1)
     criterion: str = "magnitude"
     structure: str = "unstructured"
-    structure_args: dict[str, Any] = {}  # e.g. {n: 2, m: 4} for N:M, {block: [4, 4]} for blocks
+    structure_args: dict[str, Any] = {}  # e.g. {n: 2, m: 4} for N:M, {block: [4, 4]} for blocks,
+    #                                      {round_to: 8} for channels; per layer: layers.<p>.structure_args
     allocation: Literal["global", "uniform", "lamp"] = "global"
     schedule: Literal["iterative", "cubic", "oneshot"] = "iterative"
     rate: float = 0.1                  # iterative: sparsity added per round
@@ -169,8 +182,11 @@ class LayerOverride(_Strict):
     per_channel: bool | None = None
     sparsity: float | None = None      # this layer's final sparsity (outside the global pool)
     prune: bool | None = None          # False: never prune this layer
+    structure_args: dict[str, Any] | None = None  # this layer's structure options (e.g. MPD's k)
+    clusters: int | None = None        # this layer's number of shared values
 
     _check_bits = field_validator("weight_bits", "act_bits")(_bits)
+    _check_clusters = field_validator("clusters")(_clusters)
     _check_sparsity = field_validator("sparsity")(_fraction)
 
 
