@@ -57,6 +57,25 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory with result
     typer.echo(str(write_report(run_dir)))
 
 
+@app.command("shrink")
+def shrink_cmd(run_dir: Path = typer.Argument(..., help="A run directory."),
+               out: Optional[Path] = typer.Option(None, "--out", help="ONNX file (default RUN_DIR/model.shrunk.onnx)."),
+               data_dir: Optional[str] = typer.Option(None, "--data-dir"),
+               latency: bool = typer.Option(True, "--latency/--no-latency", help="Time dense vs shrunk.")) -> None:
+    """Remove pruned channels physically, check the outputs, export ONNX, time it; writes shrink.json."""
+    from qaprune.export.run_shrink import shrink_run
+
+    s = shrink_run(run_dir, data_dir=data_dir, out=out, latency=latency)
+    typer.echo(f"removed {sum(s['removed'].values())} channels in {len(s['removed'])} layers; "
+               f"MACs {s['macs_before']:,} -> {s['macs_after']:,} (x{s['flops_ratio']:.2f}); "
+               f"max |diff| {s['max_abs_diff']:.1e}, top-1 agreement {s['top1_agreement']:.4f}")
+    for r in s.get("latency", []):
+        typer.echo(f"  {r['backend']:<5} batch {r['batch']:>3} threads {r['threads']}: {r['dense_ms']:.3f} ms -> "
+                   f"{r['shrunk_ms']:.3f} ms (x{r['speedup']:.2f})")
+    for name, why in s["not_shrunk"].items():
+        typer.echo(f"  not shrunk: {name}: {why}")
+
+
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of recipes."""

@@ -39,7 +39,10 @@ def load_tensors(path: str | Path) -> dict[str, Tensor]:
 
 def load_into(model: nn.Module, path: str | Path) -> nn.Module:
     """Load a state dict saved by ``save_tensors(model.state_dict())`` into ``model``."""
+    from qaprune.prune.groups import restore_channel_masks
+
     state = load_tensors(path)
+    restore_channel_masks(model, state)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -136,9 +136,11 @@ class _Pruning:
         if self.needs:
             stats = collect_stats(model, self.data.x_train, self.data.y_train, needs=self.needs,
                                   momentum=self.tracker, generator=torch.Generator().manual_seed(self.recipe.seed))
+        layer_args = {n: a for n in prunable_layers(model) if (a := self.recipe.layer(n).structure_args)}
         prune_to(model, p.sparsity * frac, criterion=p.criterion, structure=p.structure,
                  allocation=p.allocation, fixed={n: s * frac for n, s in self.fixed.items()},
-                 generator=gen, stats=stats, structure_args=p.structure_args)
+                 generator=gen, stats=stats, structure_args=p.structure_args, layer_args=layer_args,
+                 example_input=self.data.x_train[:2] if p.structure == "channels" else None)
 
 
 def run(recipe: Recipe | str | Path | dict, *, out: str | Path | None = None, data_dir: str | None = None,
@@ -272,15 +274,21 @@ def clean(run_dir: str | Path) -> None:
     shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def measure_saved(target: str | Path, *, data_dir: str | None = None) -> dict[str, Any]:
-    """Metrics of a saved model: a run directory, or a ``.safetensors`` beside its recipe.yaml."""
+def load_run(target: str | Path, *, data_dir: str | None = None) -> tuple[Recipe, Any, nn.Module]:
+    """(recipe, data, model with its trained weights) of a run directory, or of a ``.safetensors``
+    beside its recipe.yaml; the architecture is rebuilt from the recipe."""
     target = Path(target)
     run_dir, weights = (target, target / "model.safetensors") if target.is_dir() else (target.parent, target)
     if not (run_dir / "recipe.yaml").is_file():
-        raise RecipeError(f"{target}: no recipe.yaml beside the model; measure needs the recipe "
+        raise RecipeError(f"{target}: no recipe.yaml beside the model; the recipe is needed "
                           "to rebuild the architecture")
     recipe = Recipe.load(run_dir / "recipe.yaml")
     device = setup(recipe)
     data = load_data(recipe, data_dir, device)
-    model = load_into(build(recipe, data, device), weights)
+    return recipe, data, load_into(build(recipe, data, device), weights)
+
+
+def measure_saved(target: str | Path, *, data_dir: str | None = None) -> dict[str, Any]:
+    """Metrics of a saved model: a run directory, or a ``.safetensors`` beside its recipe.yaml."""
+    _, data, model = load_run(target, data_dir=data_dir)
     return measure(model, data.x_test, data.y_test, num_classes=data.num_classes)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import re
 import statistics
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -59,8 +61,10 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str) -> st
     model.eval()
     x = torch.randn(2, *input_shape)
     quiet = contextlib.redirect_stdout(io.StringIO())
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" notices
     try:
-        with quiet:
+        with quiet, warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
             torch.onnx.export(model, (x,), path, dynamo=True, external_data=False,
                               dynamic_shapes=({0: torch.export.Dim("batch")},))
         return "dynamo"

@@ -254,3 +254,14 @@ def _channel_mask(mod: nn.Module, name: str) -> ChannelMask:
     cm = ChannelMask(tensor.shape[0]).to(tensor.device)
     parametrize.register_parametrization(mod, name, cm)
     return cm
+
+
+def restore_channel_masks(model: nn.Module, keys) -> None:
+    """Re-create the ``ChannelMask`` parametrizations a saved state dict holds (keys ending in
+    ``.parametrizations.<tensor>.0.keep``), so that it loads into a freshly built model."""
+    for key in keys:
+        parts = key.split(".")
+        if len(parts) < 4 or parts[-1] != "keep" or parts[-2] != "0" or parts[-4] != "parametrizations":
+            continue
+        mod = model.get_submodule(".".join(parts[:-4]))
+        _channel_mask(mod, parts[-3])

@@ -76,8 +76,9 @@ def current_sparsity(model: nn.Module) -> float:
 def prune_to(model: nn.Module, sparsity: float, *, criterion: str = "magnitude",
              structure: str = "unstructured", allocation: str = "global",
              fixed: dict[str, float] | None = None, stats: dict[str, LayerStats] | None = None,
-             generator: torch.Generator | None = None,
-             structure_args: dict | None = None) -> dict[str, float]:
+             generator: torch.Generator | None = None, structure_args: dict | None = None,
+             layer_args: dict[str, dict] | None = None, example_input: Tensor | None = None
+             ) -> dict[str, float]:
     """Prune every prunable layer of ``model`` so that the free layers reach ``sparsity``.
 
     ``allocation``: "global" ranks all free layers' scores together, "uniform" gives each free
@@ -92,6 +93,12 @@ def prune_to(model: nn.Module, sparsity: float, *, criterion: str = "magnitude",
         raise RecipeError(f"recipe.prune.allocation: {allocation!r}; allowed: {', '.join(ALLOCATIONS)}")
     score_fn = CRITERIA.get(criterion)
     STRUCTURES.get(structure)  # an unknown name fails before any work
+    if structure == "channels" and example_input is not None:
+        from qaprune.prune.channels import prune_channels
+
+        return prune_channels(model, sparsity, example_input=example_input, criterion=criterion,
+                              allocation=allocation, fixed=fixed, stats=stats, generator=generator,
+                              structure_args=structure_args, layer_args=layer_args)
     layers, fixed, stats = prunable_layers(model), fixed or {}, stats or {}
     scores = {}
     for name, mod in layers.items():
@@ -102,7 +109,8 @@ def prune_to(model: nn.Module, sparsity: float, *, criterion: str = "magnitude",
     targets = {n: fixed[n] for n in layers if n in fixed}
     free = [n for n in layers if n not in fixed]
     targets.update(_allocate({n: scores[n] for n in free}, sparsity, allocation))
-    new = {name: _structure_mask(structure, name, scores[name], targets[name], structure_args or {})
+    args = {n: {**(structure_args or {}), **(layer_args or {}).get(n, {})} for n in layers}
+    new = {name: _structure_mask(structure, name, scores[name], targets[name], args[name])
            * get_mask(mod).mask for name, mod in layers.items()}
     achieved = {}
     for name, mod in layers.items():  # only once every layer's mask was computed

@@ -79,10 +79,14 @@ def _live(x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @STRUCTURES.register("channels")
-def channels(scores: Tensor, sparsity: float, *, reduce: str = "sum") -> Tensor:
+def channels(scores: Tensor, sparsity: float, *, reduce: str = "sum", round_to: int = 1,
+             coupled: bool = True) -> Tensor:
     """Whole output channels (filters, dim 0): keep the ``round((1 − sparsity)·out)`` channels
     whose scores have the highest ``reduce`` ("sum", "mean" or "max"); at least one, unless
-    ``sparsity`` rounds every entry away. Earlier-pruned (-inf) entries count as 0 in sum and
+    ``sparsity`` rounds every entry away; with ``round_to`` > 1 the kept count is the nearest
+    multiple of it (at least ``round_to``, at most ``out``). This per-layer form masks rows only;
+    ``prune_to(..., example_input=x)`` prunes whole dependency groups instead (and reads
+    ``coupled``, ignored here). Earlier-pruned (-inf) entries count as 0 in sum and
     mean; a fully pruned channel ranks last. scores (out, ...) -> mask, same shape.
 
     Example:
@@ -95,9 +99,12 @@ def channels(scores: Tensor, sparsity: float, *, reduce: str = "sum") -> Tensor:
     vals, alive = _live(rows)
     agg = rows.amax(1) if reduce == "max" else vals.sum(1) / (rows.shape[1] if reduce == "mean" else 1)
     agg = agg.masked_fill(alive.sum(1) == 0, _NEG_INF)
+    _check_ints(round_to=round_to)
     keep = int(round((1.0 - sparsity) * rows.shape[0]))
     if keep == 0 and int(round(sparsity * scores.numel())) < scores.numel():
         keep = 1
+    if round_to > 1 and keep > 0:
+        keep = min(rows.shape[0], max(round_to, round_to * int(keep / round_to + 0.5)))
     kept = torch.zeros(rows.shape[0], dtype=scores.dtype, device=scores.device)
     if keep > 0:
         kept[torch.topk(agg, keep, sorted=False).indices] = 1.0

@@ -1,0 +1,191 @@
+"""Dependency-aware channel pruning: whole channel groups, scored by any criterion, masked exactly.
+
+``prune_to(model, s, structure="channels", example_input=x)`` lands here. The model is traced
+once (``channel_groups``: torch-pruning's dependency graph), so a pruned channel is taken out of
+every coupled tensor at once: the producing rows and biases, the batch norms that follow, the
+layers tied by a residual addition, and (zero at their input) the consumers' columns. Groups whose
+channels are the model's outputs, or whose producers carry no ``Mask`` (``prune: false`` in a
+recipe), are never touched. The masked model can therefore be physically shrunk later
+(``qaprune.export.shrink``) with identical outputs.
+
+Scoring is group-aware: a channel's score is the mean, over the group's Linear/Conv members, of
+the criterion's scores of that member's slice for the channel (a producer's row, and with
+``coupled`` a consumer's input column), each member's vector first divided by its mean so that
+layers of different scale weigh the same (torch-pruning's group importance with mean
+normalization). Criteria that need data score producers only (their statistics describe a layer's
+outputs).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from qaprune.prune.criteria import CRITERIA, LayerStats, lamp
+from qaprune.prune.groups import ChannelGroup, channel_groups, mask_channels, zero_channels
+from qaprune.prune.pruner import ALLOCATIONS, get_mask, latent_weight, prunable_layers
+
+REDUCTIONS = ("sum", "mean", "max")
+_NEG_INF = float("-inf")
+
+
+@torch.no_grad()
+def prune_channels(model: nn.Module, sparsity: float, *, example_input: Tensor, criterion: str = "magnitude",
+                   allocation: str = "uniform", fixed: dict[str, float] | None = None,
+                   stats: dict[str, LayerStats] | None = None, generator: torch.Generator | None = None,
+                   structure_args: dict | None = None, layer_args: dict[str, dict] | None = None
+                   ) -> dict[str, float]:
+    """Prune whole channel groups of ``model`` to ``sparsity`` (a fraction of each free group's
+    channels under "uniform"; of all free channels under "global"/"lamp"). ``fixed``: layer name ->
+    the sparsity of the groups it produces. ``structure_args`` (per layer: ``layer_args[root]``):
+    ``reduce`` (sum|mean|max over a member's slice), ``round_to`` (kept channels a multiple of
+    it: widths that vector units like), ``coupled`` (score consumers' columns too, default True).
+    example_input (N, ...): one batch the model accepts. Returns every prunable layer's sparsity.
+
+    Example:
+        >>> from qaprune.compress import attach
+        >>> from qaprune.models import build_model
+        >>> from qaprune.recipe import Recipe
+        >>> m = attach(build_model("mlp", input_shape=(16,), num_classes=5), Recipe(prune={"sparsity": 0.5}))
+        >>> r = prune_channels(m, 0.5, example_input=torch.zeros(2, 16))
+        >>> r["fc1"], r["fc2"], r["fc4"]  # fc2 loses half its rows and half its columns
+        (0.5, 0.75, 0.5)
+    """
+    if allocation not in ALLOCATIONS:
+        from qaprune.errors import RecipeError
+        raise RecipeError(f"recipe.prune.allocation: {allocation!r}; allowed: {', '.join(ALLOCATIONS)}")
+    layers, fixed, layer_args = prunable_layers(model), fixed or {}, layer_args or {}
+    groups = [g for g in channel_groups(model, example_input) if _free(g, layers)]
+    args = {g.root: _args({**(structure_args or {}), **layer_args.get(g.root, {})}, g.root) for g in groups}
+    scores = {g.root: group_scores(model, g, criterion, stats or {}, generator, **args[g.root]) for g in groups}
+    fixed_groups = {g.root: _fixed(g, fixed) for g in groups if _fixed(g, fixed) is not None}
+    free = {r: s for r, s in scores.items() if r not in fixed_groups}
+    counts = {r: _keep_count(scores[r], sp) for r, sp in fixed_groups.items()}
+    counts.update(_allocate(free, sparsity, allocation))
+    for g in groups:
+        keep = _top(scores[g.root], _round(counts[g.root], args[g.root]["round_to"], scores[g.root]))
+        mask_channels(model, g, keep)
+        _mask_columns(model, g, keep)
+    return {n: float((get_mask(m).mask == 0).sum()) / get_mask(m).mask.numel() for n, m in layers.items()}
+
+
+def _mask_columns(model: nn.Module, group: ChannelGroup, keep: Tensor) -> None:
+    """Zero the consumers' input columns of dropped channels where the consumer has a ``Mask``
+    (they read exact zeros already; the mask makes parameter counts and BOPs say so)."""
+    for c in (c for c in group.members if c.role == "in" and c.kind in ("linear", "conv")):
+        mod = model.get_submodule(c.name)
+        mask = get_mask(mod) if getattr(mod, "groups", 1) == 1 else None
+        cols = [i for i, r in zip(c.idxs, c.root_idxs) if not keep[r]]
+        if mask is not None and cols:
+            mask.mask[:, cols] = 0
+
+
+def _free(group: ChannelGroup, layers: dict[str, nn.Module]) -> bool:
+    """A group is pruned only when it may be removed and every producer carries a ``Mask``."""
+    return group.prunable and bool(group.producers) and all(p in layers for p in group.producers)
+
+
+def _args(args: dict, root: str) -> dict:
+    from qaprune.errors import RecipeError
+
+    unknown = set(args) - {"reduce", "round_to", "coupled"}
+    if unknown:
+        raise RecipeError(f"prune.structure channels: layer {root!r}: unknown structure_args "
+                          f"{sorted(unknown)}; allowed: reduce, round_to, coupled")
+    out = {"reduce": args.get("reduce", "sum"), "round_to": args.get("round_to", 1),
+           "coupled": bool(args.get("coupled", True))}
+    if out["reduce"] not in REDUCTIONS:
+        raise RecipeError(f"prune.structure channels: layer {root!r}: reduce={out['reduce']!r}; "
+                          f"allowed: {', '.join(REDUCTIONS)}")
+    if not isinstance(out["round_to"], int) or isinstance(out["round_to"], bool) or out["round_to"] < 1:
+        raise RecipeError(f"prune.structure channels: layer {root!r}: round_to={out['round_to']!r}; "
+                          "need a positive integer")
+    return out
+
+
+def _fixed(group: ChannelGroup, fixed: dict[str, float]) -> float | None:
+    values = [fixed[p] for p in group.producers if p in fixed]
+    return max(values) if values else None
+
+
+def group_scores(model: nn.Module, group: ChannelGroup, criterion: str, stats: dict[str, LayerStats],
+                 generator: torch.Generator | None = None, *, reduce: str = "sum", coupled: bool = True,
+                 round_to: int = 1) -> Tensor:
+    """Scores of a group's channels -> (group.size,), higher means keep; channels that are already
+    exactly zero score -inf (pruned stays pruned). ``round_to`` is accepted and ignored."""
+    score_fn = CRITERIA.get(criterion)
+    data_free = not getattr(score_fn, "needs", frozenset())
+    parts = []
+    for c in group.members:
+        if c.kind not in ("linear", "conv") or (c.role == "in" and not (coupled and data_free)):
+            continue
+        mod = model.get_submodule(c.name)
+        mask = get_mask(mod)
+        w = latent_weight(mod) * mask.mask if mask is not None else latent_weight(mod)
+        st = stats.get(c.name) or LayerStats(name=c.name, generator=generator)
+        s = score_fn(w.detach(), st).float()
+        per_index = _reduce(s if c.role == "out" else s.transpose(0, 1), reduce)
+        parts.append(_normalized(_to_group(per_index, c.idxs, c.root_idxs, group.size)))
+    total = torch.stack(parts).mean(0) if parts else torch.zeros(group.size)
+    return total.masked_fill(zero_channels(model, group), _NEG_INF)
+
+
+def _reduce(s: Tensor, how: str) -> Tensor:
+    rows = s.reshape(s.shape[0], -1)
+    return rows.amax(1) if how == "max" else rows.mean(1) if how == "mean" else rows.sum(1)
+
+
+def _to_group(values: Tensor, idxs: list[int], root_idxs: list[int], size: int) -> Tensor:
+    """Per-index values of a member -> per group channel (the mean over its indices)."""
+    idx, root = torch.tensor(idxs, dtype=torch.long), torch.tensor(root_idxs, dtype=torch.long)
+    total = torch.zeros(size).index_add_(0, root, values.cpu()[idx])
+    count = torch.zeros(size).index_add_(0, root, torch.ones(len(idxs)))
+    return total / count.clamp_min(1)
+
+
+def _normalized(v: Tensor) -> Tensor:
+    return v / v.abs().mean().clamp_min(1e-30)
+
+
+def _keep_count(scores: Tensor, sparsity: float) -> int:
+    return scores.numel() - int(round(sparsity * scores.numel()))
+
+
+def _allocate(scores: dict[str, Tensor], sparsity: float, allocation: str) -> dict[str, int]:
+    """Kept channels per group: the same fraction ("uniform") or a threshold over all groups'
+    (LAMP-normalized for "lamp") scores."""
+    if allocation == "uniform" or not scores:
+        return {r: _keep_count(s, sparsity) for r, s in scores.items()}
+    if allocation == "lamp":
+        scores = {r: _lamp(s) for r, s in scores.items()}
+    flat = torch.cat(list(scores.values()))
+    n_keep = flat.numel() - int(round(sparsity * flat.numel()))
+    kept = torch.zeros(flat.numel(), dtype=torch.bool)
+    if n_keep > 0:
+        kept[torch.topk(flat, n_keep, sorted=False).indices] = True
+    out, start = {}, 0
+    for r, s in scores.items():
+        out[r] = int(kept[start:start + s.numel()].sum())
+        start += s.numel()
+    return out
+
+
+def _lamp(s: Tensor) -> Tensor:
+    pruned = s == _NEG_INF
+    return lamp(s.masked_fill(pruned, 0.0), LayerStats()).masked_fill(pruned, _NEG_INF)
+
+
+def _round(count: int, round_to: int, scores: Tensor) -> int:
+    """At least one channel; a multiple of ``round_to`` (nearest, at least ``round_to``) unless
+    that exceeds the channels still alive."""
+    alive = int((scores != _NEG_INF).sum())
+    if round_to > 1:
+        count = max(round_to, round_to * int(math.floor(count / round_to + 0.5)))
+    return max(1, min(count, alive, scores.numel()))
+
+
+def _top(scores: Tensor, keep: int) -> Tensor:
+    out = torch.zeros(scores.numel(), dtype=torch.bool)
+    out[torch.topk(scores, keep, sorted=False).indices] = True
+    return out
