@@ -1,16 +1,21 @@
 """Channel pruning on Fashion-MNIST (60k/10k), small VGG-style CNN: every qaprune channel criterion
 and, side by side, torch-pruning's own importances, at 50% and 75% uniform channel sparsity with
 the same fine-tuning budget; accuracy, FLOPs (MACs), bytes and measured CPU latency (torch and
-ONNX Runtime, 1 thread) of the physically shrunk model against the dense one, in the same run.
+ONNX Runtime, 1 thread; PyTorch as TorchScript optimized for inference, and eager) of the
+physically shrunk model against the dense one, in the same run.
 
     python bench/prune_fashion.py --data-dir ../shared/datasets
 
 The dense model (recipes/fashion_vgg.yaml) is trained once, cached in --runs-dir and copied per point:
-attach masks, collect the stats the criterion ``.needs``, ``prune_to`` (channels, uniform), exact
-removal per dependency group (``mask_channels``), ``shrink`` (checked: shrunk == masked), fine-tune
+attach masks, collect the stats the criterion ``.needs``, ``prune_to`` (channels with an example
+input: whole dependency groups, group-aware scores; ``--allocation``, ``--round-to``); torch-pruning's
+importances pick each group's channels and ``mask_channels`` zeroes them; ``shrink`` (checked:
+shrunk == masked), fine-tune
 (``--finetune shrunk``, default: the shrunk model, same function class and gradients as the masked
 one, far cheaper; ``masked``: before shrinking), measure against the dense model after the same
-fine-tuning (or before, if better). Writes bench/results/prune_fashion.json (``--quick``:
+fine-tuning (or before, if better). PyTorch latency is timed on the deployment form of both models:
+``speedup_torch`` with TorchScript (folded batch norms, frozen, ``optimize_for_inference``),
+``speedup_torch_eager`` in eager mode with folded batch norms; ONNX Runtime folds them itself. Writes bench/results/prune_fashion.json (``--quick``:
 prune_fashion_quick.json).
 """
 from __future__ import annotations
@@ -39,15 +44,14 @@ from common import machine, table, write_results  # noqa: E402
 
 from qaprune.compress import attach, bake  # noqa: E402
 from qaprune.errors import RecipeError  # noqa: E402
+from qaprune.export.fold import fold_batchnorm, for_inference  # noqa: E402
 from qaprune.export.shrink import shrink  # noqa: E402
 from qaprune.io import load_tensors, save_tensors  # noqa: E402
 from qaprune.metrics.bops import profile  # noqa: E402
 from qaprune.metrics.classification import accuracy, predict  # noqa: E402
 from qaprune.metrics.latency import export_onnx, measure_latency  # noqa: E402
 from qaprune.prune import CRITERIA, prune_to  # noqa: E402
-from qaprune.prune.groups import (ChannelGroup, channel_groups, dependency_groups,  # noqa: E402
-                                  mask_channels, to_group)
-from qaprune.prune.pruner import get_mask  # noqa: E402
+from qaprune.prune.groups import ChannelGroup, channel_groups, dependency_groups, mask_channels  # noqa: E402
 from qaprune.prune.stats import MomentumTracker, collect_stats  # noqa: E402
 from qaprune.recipe import Recipe, TrainSpec  # noqa: E402
 from qaprune.runner import load_data, setup  # noqa: E402
@@ -61,7 +65,7 @@ COLUMNS = [("criterion", "criterion   ", ""), ("sparsity", "sparsity", ".2f"),
            ("accuracy_before_ft", "acc no-FT", ".4f"), ("accuracy", "accuracy", ".4f"),
            ("accuracy_drop_points", "drop pts", "+.2f"), ("flops_reduction", "FLOPs red", ".3f"),
            ("flops_ratio", "FLOPs x", ".2f"), ("bytes", "bytes", "d"), ("speedup_torch", "torch x", ".2f"),
-           ("speedup_ort", "ort x", ".2f"), ("speedup_torch_b1", "torch b1 x", ".2f"),
+           ("speedup_ort", "ort x", ".2f"), ("speedup_torch_eager", "eager x", ".2f"), ("speedup_torch_b1", "torch b1 x", ".2f"),
            ("speedup_ort_b1", "ort b1 x", ".2f"), ("max_abs_diff", "shrink diff", ".1e")]
 
 
@@ -78,6 +82,8 @@ class Bench:
     mode: str                              # "shrunk" | "masked": which model is fine-tuned
     work: Path                             # scratch folder for ONNX files
     repeats: int                           # timed latency calls per round
+    allocation: str = "uniform"            # channel sparsity across groups
+    round_to: int = 1                      # kept channels per group: a multiple of this
     dense_model: nn.Module | None = None   # plain, eval mode: the paired latency reference
     dense_onnx: Path | None = None
     ref: dict | None = None                # see ``reference``
@@ -131,9 +137,9 @@ def masked_copy(b: Bench) -> nn.Module:
     return attach(model, b.recipe)
 
 
-def prune_qaprune(model: nn.Module, name: str, sparsity: float, b: Bench) -> dict[str, Tensor]:
-    """Score with qaprune criterion ``name``, ``prune_to`` (channels, uniform), and read each
-    group's kept channels off its producers' masks (kept if any producer keeps it) -> keeps."""
+def prune_qaprune(model: nn.Module, name: str, sparsity: float, b: Bench) -> None:
+    """Score with qaprune criterion ``name`` and ``prune_to`` whole dependency groups in place
+    (channels with an example input: group-aware scores, biases/BN/consumers masked too)."""
     needs = set(getattr(CRITERIA.get(name), "needs", frozenset()))
     tracker = None
     if "momentum" in needs:  # the averages watched during dense training, on this copy
@@ -141,23 +147,20 @@ def prune_qaprune(model: nn.Module, name: str, sparsity: float, b: Bench) -> dic
         tracker.average = {k: v.clone() for k, v in b.momentum.items()}
     stats = collect_stats(model, b.data.x_train, b.data.y_train, needs=needs, momentum=tracker,
                           generator=torch.Generator().manual_seed(b.recipe.seed)) if needs else None
-    prune_to(model, sparsity, criterion=name, structure="channels", allocation="uniform", stats=stats,
-             generator=torch.Generator().manual_seed(b.recipe.seed))
-    keeps = {}
-    for g in (g for g in b.groups if g.prunable):
-        keep = torch.zeros(g.size, dtype=torch.bool)
-        for c in (c for c in g.members if c.role == "out" and c.kind in ("linear", "conv")):
-            mask = get_mask(model.get_submodule(c.name))
-            if mask is not None:
-                keep |= to_group(c, mask.mask.flatten(1).bool().any(1), g.size)
-        keeps[g.root] = keep
-    return keeps
+    prune_to(model, sparsity, criterion=name, structure="channels", allocation=b.allocation, stats=stats,
+             generator=torch.Generator().manual_seed(b.recipe.seed), example_input=b.example[:2],
+             structure_args={"round_to": b.round_to})
 
 
-def top_keep(scores: Tensor, sparsity: float) -> Tensor:
-    """bool (n,): the ``round((1 − sparsity)·n)`` highest scores (at least one), as ``channels``."""
-    keep = torch.zeros(scores.numel(), dtype=torch.bool)
-    keep[torch.topk(scores.detach().float().cpu(), max(1, round((1.0 - sparsity) * len(keep)))).indices] = True
+def top_keep(scores: Tensor, sparsity: float, round_to: int = 1) -> Tensor:
+    """bool (n,): the ``round((1 − sparsity)·n)`` highest scores (at least one; the nearest
+    multiple of ``round_to``), as the ``channels`` structure counts."""
+    n = scores.numel()
+    count = n - int(round(sparsity * n))
+    if round_to > 1:
+        count = max(round_to, round_to * int(count / round_to + 0.5))
+    keep = torch.zeros(n, dtype=torch.bool)
+    keep[torch.topk(scores.detach().float().cpu(), max(1, min(n, count))).indices] = True
     return keep
 
 
@@ -180,7 +183,7 @@ def prune_tp(model: nn.Module, name: str, sparsity: float, b: Bench) -> dict[str
     for g, tp_group in pairs:
         scores = imp(tp_group) if g.prunable else None
         if scores is not None:
-            keeps[g.root] = top_keep(scores, sparsity)
+            keeps[g.root] = top_keep(scores, sparsity, b.round_to)
     return keeps
 
 
@@ -221,12 +224,14 @@ def macs(model: nn.Module, b: Bench) -> int:
 
 
 def latencies(model: nn.Module, onnx_path: Path, b: Bench) -> dict[str, float]:
-    """Median ms, 1 thread: {"torch_b1", "torch_b64", "ort_b1", "ort_b64"}."""
+    """Median ms, 1 thread: {"torch_b1", "torch_b64"} (eager, batch norms folded), {"jit_b1",
+    "jit_b64"} (TorchScript frozen + optimize_for_inference), {"ort_b1", "ort_b64"}."""
     out = {}
-    for backend, target in (("torch", model), ("ort", str(onnx_path))):
+    jit = for_inference(model, b.example)
+    for backend, key, target in (("torch", "torch", model), ("torch", "jit", jit), ("ort", "ort", str(onnx_path))):
         rows = measure_latency(target, b.data.input_shape, batch_sizes=BATCHES, threads=(1,), backend=backend, warmup=5,
                                repeats=b.repeats)
-        out.update({f"{backend}_b{r['batch']}": r["median_ms"] for r in rows})
+        out.update({f"{key}_b{r['batch']}": r["median_ms"] for r in rows})
     return out
 
 
@@ -234,10 +239,11 @@ def speedups(shrunk: nn.Module, b: Bench, tag: str) -> tuple[dict, dict]:
     """Paired latency: ``ROUNDS`` alternations of dense and shrunk, medians over the rounds (the
     machine's speed drifts) -> (shrunk ms, dense/shrunk speedups)."""
     path, dense, ours = b.work / f"{tag}.onnx", [], []
+    shrunk, _ = fold_batchnorm(shrunk.eval())
     export_onnx(shrunk, b.data.input_shape, str(path))
     for _ in range(ROUNDS):
         dense.append(latencies(b.dense_model, b.dense_onnx, b))
-        ours.append(latencies(shrunk.eval(), path, b))
+        ours.append(latencies(shrunk, path, b))
     path.unlink(missing_ok=True)
     d, o = ({k: statistics.median(r[k] for r in rows) for k in rows[0]} for rows in (dense, ours))
     return o, {k: d[k] / o[k] for k in o}
@@ -246,7 +252,10 @@ def speedups(shrunk: nn.Module, b: Bench, tag: str) -> tuple[dict, dict]:
 def run_point(b: Bench, source: str, name: str, sparsity: float) -> dict:
     """One (criterion, sparsity) point, end to end -> a result row."""
     model, t0, ref = masked_copy(b), time.perf_counter(), b.ref
-    apply_keeps(model, b, (prune_qaprune if source == "qaprune" else prune_tp)(model, name, sparsity, b))
+    if source == "qaprune":
+        prune_qaprune(model, name, sparsity, b)
+    else:
+        apply_keeps(model, b, prune_tp(model, name, sparsity, b))
     prune_s = time.perf_counter() - t0
     if b.mode == "masked":
         acc0, ft_s = accuracy_of(model, b.data), finetune(model, b)
@@ -259,8 +268,9 @@ def run_point(b: Bench, source: str, name: str, sparsity: float) -> dict:
     return {"criterion": name if source == "qaprune" else f"tp-{name}", "source": source, "sparsity": sparsity,
             "accuracy": acc, "accuracy_before_ft": acc0, "accuracy_drop_points": 100.0 * (ref["accuracy"] - acc),
             "macs": m, "flops_reduction": 1.0 - m / ref["macs"], "flops_ratio": ref["macs"] / m, "bytes": size,
-            "bytes_ratio": ref["bytes"] / size, "speedup_torch": sp["torch_b64"], "speedup_ort": sp["ort_b64"],
-            "speedup_torch_b1": sp["torch_b1"], "speedup_ort_b1": sp["ort_b1"], "latency_ms": ms,
+            "bytes_ratio": ref["bytes"] / size, "speedup_torch": sp["jit_b64"], "speedup_ort": sp["ort_b64"],
+            "speedup_torch_b1": sp["jit_b1"], "speedup_ort_b1": sp["ort_b1"], "speedup_torch_eager": sp["torch_b64"],
+            "speedup_torch_eager_b1": sp["torch_b1"], "latency_ms": ms,
             "max_abs_diff": diff, "exact": diff <= EXACT_ATOL, "removed": removed, "prune_seconds": prune_s,
             "finetune_seconds": ft_s}
 
@@ -270,7 +280,7 @@ def reference(b: Bench) -> dict:
     fine-tuning budget, and the accuracy reference: the better of the two (the stricter bound)."""
     dense = build_dense(b.recipe, b.data)
     dense.load_state_dict(b.dense_state)
-    b.dense_model, b.dense_onnx = copy.deepcopy(dense).eval(), b.work / "dense.onnx"
+    b.dense_model, b.dense_onnx = fold_batchnorm(copy.deepcopy(dense).eval())[0], b.work / "dense.onnx"
     export_onnx(b.dense_model, b.data.input_shape, str(b.dense_onnx))
     acc0, ft_s = accuracy_of(dense, b.data), finetune(dense, b)
     acc1 = accuracy_of(dense, b.data)
@@ -288,7 +298,8 @@ def best(points: list[dict]) -> dict | None:
 def headline(points: list[dict], ref: dict) -> dict:
     """The issue's headline: qaprune's best criterion within the bound, the targets, the peer's best."""
     keys = ("criterion", "sparsity", "flops_reduction", "accuracy_drop_points", "flops_ratio", "speedup_torch",
-            "speedup_ort", "speedup_torch_b1", "speedup_ort_b1", "bytes_ratio")
+            "speedup_ort", "speedup_torch_b1", "speedup_ort_b1", "speedup_torch_eager", "speedup_torch_eager_b1",
+            "bytes_ratio")
     top, peer = (best([p for p in points if (p["source"] == "qaprune") == ours]) for ours in (True, False))
     h: dict[str, Any] = {k: top[k] for k in keys} if top else {"criterion": None}
     h.update(dense_accuracy=ref["accuracy"], dense_accuracy_ft=ref["accuracy_ft"],
@@ -297,6 +308,7 @@ def headline(points: list[dict], ref: dict) -> dict:
         h["flops_target_met"] = top["flops_reduction"] >= 0.6
         h["speedup_target_met_torch"] = top["speedup_torch"] >= 0.8 * top["flops_ratio"]
         h["speedup_target_met_ort"] = top["speedup_ort"] >= 0.8 * top["flops_ratio"]
+        h["speedup_target_met_torch_eager"] = top["speedup_torch_eager"] >= 0.8 * top["flops_ratio"]
     h["peer"] = {k: peer[k] for k in keys} if peer else None
     ours = [p for p in points if p["source"] == "qaprune"]  # the smallest drop: how far from the bound
     near = min(ours, key=lambda p: (p["accuracy_drop_points"], -p["flops_reduction"]), default=None)
@@ -353,6 +365,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2, help="torch threads for training (latency: 1)")
     ap.add_argument("--repeats", type=int, default=None, help=f"timed calls per round, {ROUNDS} rounds (10)")
     ap.add_argument("--runs-dir", type=Path, default=None)
+    ap.add_argument("--allocation", choices=("uniform", "global", "lamp"), default="uniform")
+    ap.add_argument("--round-to", type=int, default=1, help="kept channels per group: a multiple of this")
     args = ap.parse_args(argv)
     q = args.quick
     args.criteria = (["magnitude", "taylor"] if q else CRITERIA.names()) if args.criteria is None else args.criteria
@@ -381,7 +395,7 @@ def budget(args: argparse.Namespace, recipe: Recipe, ft: TrainSpec, data) -> dic
             "val_samples": len(data.x_val), "test_samples": len(data.x_test), "finetune": args.finetune,
             "train_threads": args.threads, "latency_threads": 1, "latency_batches": list(BATCHES),
             "latency_repeats_per_round": args.repeats, "latency_rounds": ROUNDS, "structure": "channels",
-            "allocation": "uniform", "recipe": "recipes/fashion_vgg.yaml", "model_args": recipe.model.args}
+            "allocation": args.allocation, "round_to": args.round_to, "batchnorm_folded_for_latency": True, "recipe": "recipes/fashion_vgg.yaml", "model_args": recipe.model.args}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -394,7 +408,8 @@ def main(argv: list[str] | None = None) -> None:
     state, momentum, info = train_dense(recipe, data, args.runs_dir)
     groups = channel_groups(build_dense(recipe, data).eval(), data.x_test[:2])
     with tempfile.TemporaryDirectory() as tmp:
-        b = Bench(recipe, data, state, momentum, groups, ft_spec, args.finetune, Path(tmp), args.repeats)
+        b = Bench(recipe, data, state, momentum, groups, ft_spec, args.finetune, Path(tmp), args.repeats,
+                  args.allocation, args.round_to)
         b.ref = reference(b)
         print(f"dense: accuracy {b.ref['accuracy_no_ft']:.4f}, after the fine-tuning budget "
               f"{b.ref['accuracy_ft']:.4f}; MACs {b.ref['macs']:,}; latency ms {b.ref['latency_ms']}", flush=True)

@@ -4,7 +4,8 @@ checked against the masked model, exported to ONNX and timed against the unshrun
 Writes ``model.shrunk.onnx`` (or ``--out``) and ``shrink.json`` in the run directory: removed
 channels per layer, the layers that were not shrunk and why, MACs and parameters before and
 after, the maximum output difference and top-1 agreement on the test split, and (unless turned
-off) the measured latency of both models in PyTorch eager and ONNX Runtime.
+off) the measured latency of both models in PyTorch eager and ONNX Runtime. Both are timed in
+their deployment form: baked, batch norms folded into the layers before them.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from qaprune.errors import QapruneError
+from qaprune.export.fold import fold_batchnorm
 from qaprune.export.shrink import shrink
 from qaprune.io import write_json
 
@@ -40,14 +42,15 @@ def shrink_run(target: str | Path, *, data_dir: str | None = None, out: str | Pa
     if diff > ATOL:
         raise QapruneError(f"shrink: the shrunk model differs from the masked one by {diff:.2e} "
                            f"(tolerance {ATOL:g}); nothing was written")
+    dense, _ = fold_batchnorm(bake(_copy(model)))
+    shrunk, folded = fold_batchnorm(res.model)
     onnx_path = Path(out) if out is not None else run_dir / "model.shrunk.onnx"
-    how = export_onnx(res.model, tuple(data.input_shape), str(onnx_path))
-    dense = bake(_copy(model)).eval()
+    how = export_onnx(shrunk, tuple(data.input_shape), str(onnx_path))
     summary = {"removed": res.removed, "not_shrunk": res.not_shrunk, "max_abs_diff": diff,
-               "top1_agreement": agree, "onnx": onnx_path.name, "onnx_export": how,
-               **_sizes(dense, res.model, x_test[:1])}
+               "top1_agreement": agree, "batchnorm_folded": folded, "onnx": onnx_path.name,
+               "onnx_export": how, **_sizes(dense, shrunk, x_test[:1])}
     if latency:
-        summary["latency"] = _latency(dense, res.model, tuple(data.input_shape), batch_sizes, threads, repeats)
+        summary["latency"] = _latency(dense, shrunk, tuple(data.input_shape), batch_sizes, threads, repeats)
     write_json(run_dir / "shrink.json", summary)
     return summary
 

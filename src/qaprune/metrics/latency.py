@@ -83,8 +83,9 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str) -> st
 
 def _torch_rows(model: nn.Module, shape: tuple[int, ...], batch_sizes: Sequence[int],
                 threads: Sequence[int], warmup: int, repeats: int) -> list[dict]:
-    previous, was_training = torch.get_num_threads(), model.training
-    model.eval()
+    previous, was_training = torch.get_num_threads(), getattr(model, "training", False)
+    if was_training:
+        model.eval()
     rows = []
     try:
         with torch.inference_mode():
@@ -95,7 +96,8 @@ def _torch_rows(model: nn.Module, shape: tuple[int, ...], batch_sizes: Sequence[
                     rows.append(_row(lambda: model(x), b, t, "torch", warmup, repeats))
     finally:
         torch.set_num_threads(previous)
-        model.train(was_training)
+        if was_training:
+            model.train()
     return rows
 
 
