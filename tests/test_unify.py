@@ -100,8 +100,9 @@ def test_ratio_zero_is_identity_and_ratio_one_unifies_everything() -> None:
 
 @pytest.mark.parametrize("kwargs,match", [
     ({"block": (3, 2)}, r"larger than the \(out, in\) view \(2, 6\) of layer 'fc1'"),
-    ({"block": (1, 7)}, "larger than"), ({"block": (0, 2)}, "positive integers"), ({"block": [2]}, "rows, cols"),
-    ({"ratio": 1.5}, r"ratio: 1.5 is not in \[0, 1\] \(layer 'fc1'\)"), ({"ratio": 0.5, "prune": 0.6}, "prune"),
+    ({"block": (1, 7)}, "larger than"), ({"block": (0, 2)}, "positive integers"),
+    ({"block": [2]}, "rows, cols"), ({"ratio": 1.5}, r"ratio: 1.5 is not in \[0, 1\] \(layer 'fc1'\)"),
+    ({"ratio": 0.5, "prune": 0.6}, "prune"),
 ])
 def test_bad_options_are_recipe_errors_naming_the_layer(kwargs, match) -> None:
     args = {"block": (1, 2), "ratio": 0.5, **kwargs}

@@ -39,11 +39,23 @@ from qaprune.prune.pruner import latent_weight
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-def _check_block(shape: Sequence[int], block: Sequence[int], layer: str) -> tuple[int, int, int, int]:
-    """(r, c, out, cols) for a weight of ``shape``; a RecipeError naming ``layer`` when wrong."""
+def check_options(block: Sequence[int], ratio: float, *, prune: float = 0.0, layer: str = "weight") -> None:
+    """Refuse a block that is not [rows, cols] of positive integers, a ratio outside [0, 1] or a
+    prune fraction outside [0, ratio], with a RecipeError naming the field and ``layer``."""
+    _check_block_arg(block, layer)
+    _check_ratios(ratio, prune, layer)
+
+
+def _check_block_arg(block: Sequence[int], layer: str) -> None:
     if (not isinstance(block, (list, tuple)) or len(block) != 2
             or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in block)):
-        raise RecipeError(f"unify.block: {block!r} for layer {layer!r}; need [rows, cols] of positive integers")
+        raise RecipeError(f"unify.block: {block!r} for layer {layer!r}; "
+                          "need [rows, cols] of positive integers")
+
+
+def _check_block(shape: Sequence[int], block: Sequence[int], layer: str) -> tuple[int, int, int, int]:
+    """(r, c, out, cols) for a weight of ``shape``; a RecipeError naming ``layer`` when wrong."""
+    _check_block_arg(block, layer)
     if len(shape) == 0:
         raise RecipeError(f"unify: layer {layer!r} is a scalar; a weight (out, ...) is needed")
     (r, c), out, cols = block, int(shape[0]), math.prod(int(d) for d in shape[1:])
@@ -153,11 +165,14 @@ def unify_project(w: Tensor, block: Sequence[int] = (1, 4), ratio: float = 0.5, 
 class Unified(nn.Module):
     """Parametrization that keeps chosen blocks unified: w (out, ...) -> same shape, where the
     ``unified`` blocks (n_blocks,) bool are sign(w)·mean|w| and the ``pruned`` ones 0; gradients
-    reach every entry of a unified block through its mean, none reach pruned entries.
+    reach every entry of a unified block through its mean, none reach pruned entries. Register it
+    before any quantizer; after a ``Mask``, a masked zero inside a unified block would read +m_b
+    (prune through ``prune=`` instead).
 
     Example:
         >>> lin = nn.Linear(4, 2)
-        >>> _ = parametrize.register_parametrization(lin, "weight", Unified.from_weight(lin.weight, (1, 4), 1.0))
+        >>> par = Unified.from_weight(lin.weight, (1, 4), 1.0)
+        >>> _ = parametrize.register_parametrization(lin, "weight", par)
         >>> bool((lin.weight.abs() == lin.weight.abs()[:, :1]).all())
         True
     """
@@ -173,7 +188,8 @@ class Unified(nn.Module):
         self.register_buffer("unified", unified.to(torch.bool).clone())
         self.register_buffer("pruned", (pruned.to(torch.bool) & self.unified).clone())
         self.register_buffer("ids", ids.to(unified.device), persistent=False)
-        self.register_buffer("counts", torch.bincount(self.ids, minlength=n).to(torch.float64), persistent=False)
+        counts = torch.bincount(self.ids, minlength=n).to(torch.float64)
+        self.register_buffer("counts", counts, persistent=False)
 
     @classmethod
     def from_weight(cls, w: Tensor, block: Sequence[int], ratio: float, *, prune: float = 0.0,
@@ -237,6 +253,7 @@ class ADMMUnify:
         if not rho > 0 or not rho_factor >= 1 or every < 1:
             raise RecipeError(f"unify.admm: rho={rho} must be > 0, rho_factor={rho_factor} >= 1, "
                               f"every={every} >= 1")
+        check_options(block, ratio, prune=prune, layer="(all)")
         self.block, self.ratio, self.prune = tuple(block), ratio, prune
         self.rho, self.rho_factor, self.every = rho, rho_factor, every
         self.layers = weight_layers(model, layers, field_name="unify.layers")
@@ -316,7 +333,7 @@ class ADMMUnify:
 
 @dataclass
 class ADMMResult:
-    history: list[dict[str, float]] = field(default_factory=list)  # per iteration: rho, residual, val_accuracy
+    history: list[dict[str, float]] = field(default_factory=list)  # per iteration: rho, residual, ...
     accuracy: float = 0.0  # validation accuracy after the hard projection (and fine-tuning)
     parametrizations: dict[str, Unified] = field(default_factory=dict)
 
