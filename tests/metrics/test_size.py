@@ -1,15 +1,13 @@
-"""Tests of qaprune.metrics.size: the packed artifact restores the baked weights bit-exactly
-(4/8/12/32 bits, pruned or not, per-tensor or per-channel), is much smaller than fp32 when
-pruned and quantized, and corrupt files are refused with CheckpointError."""
+"""Tests of qaprune.metrics.size: the artifact (the ``.qap`` file of qaprune.storage) restores
+the baked weights exactly (4/8/12/32 bits, pruned or not, per-tensor or per-channel), is much
+smaller than fp32 when pruned and quantized, and corrupt files are refused with CheckpointError."""
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from qaprune.compress import attach, bake
@@ -18,6 +16,7 @@ from qaprune.metrics.size import FORMAT, fp32_bytes, load_packed, pack, save_pac
 from qaprune.models import build_model
 from qaprune.prune import prune_to
 from qaprune.recipe import Recipe
+from qaprune.storage import qap_report
 
 LAYERS = ("fc1", "fc2", "fc3", "fc4")
 
@@ -39,11 +38,9 @@ def _compressed(bits: int, sparsity: float, *, per_channel: bool = False, name: 
     return model.eval()
 
 
-def _layouts(path: Path) -> dict[str, str]:
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata()
-    assert meta["format"] == FORMAT
-    return {k: v["layout"] for k, v in json.loads(meta["layers"]).items()}
+def _encodings(path: Path) -> dict[str, str]:
+    weights = {f"{n}.weight" for n in LAYERS}
+    return {r["name"]: r["encoding"] for r in qap_report(path) if r["name"] in weights}
 
 
 @pytest.mark.parametrize("per_channel", [False, True])
@@ -86,22 +83,22 @@ def test_loaded_state_reproduces_outputs(bits: int, tmp_path: Path) -> None:
     assert torch.equal(fresh(x), expected)
 
 
-def test_layouts_dense_and_sparse(tmp_path: Path) -> None:
+def test_encodings_dense_and_sparse(tmp_path: Path) -> None:
     save_packed(_compressed(4, 0.9), tmp_path / "a.safetensors")
-    assert set(_layouts(tmp_path / "a.safetensors").values()) == {"sparse"}  # 3 bytes per nz < 1 per entry
-    save_packed(_compressed(8, 0.5), tmp_path / "b.safetensors")
-    assert set(_layouts(tmp_path / "b.safetensors").values()) == {"dense"}  # 1.5 > 1 byte per entry
-    save_packed(_compressed(32, 0.5), tmp_path / "c.safetensors")
-    assert set(_layouts(tmp_path / "c.safetensors").values()) == {"sparse"}  # 6 · 0.5 < 4 bytes per entry
+    assert all("sparse" in e for e in _encodings(tmp_path / "a.safetensors").values())
+    save_packed(_compressed(4, 0.0), tmp_path / "b.safetensors")
+    assert not any("sparse" in e or e == "raw" for e in _encodings(tmp_path / "b.safetensors").values())
+    save_packed(_compressed(32, 0.5), tmp_path / "c.safetensors")  # float values, half zeros
+    assert set(_encodings(tmp_path / "c.safetensors").values()) == {"sparse"}
 
 
-@pytest.mark.parametrize("bits,dtype", [(4, torch.int8), (8, torch.int8), (12, torch.int16)])
-def test_codes_use_narrow_integers(bits: int, dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("bits", [4, 8, 12])
+def test_codes_use_at_most_b_bits(bits: int, tmp_path: Path) -> None:
+    save_packed(_compressed(bits, 0.0), tmp_path / "m.qap")
+    row = next(r for r in qap_report(tmp_path / "m.qap") if r["name"] == "fc2.weight")
+    assert row["bits"] <= bits and row["bytes"] <= 32 * 64 * bits / 8 + 4 * 2**bits
     tensors, meta = pack(_compressed(bits, 0.0))
-    assert meta["fc2.weight"] == {"bits": bits, "per_channel": False, "layout": "dense", "shape": [32, 64]}
-    assert tensors["fc2.weight.codes"].dtype == dtype
-    assert tensors["fc2.weight.scale"].shape == (1,)
-    assert int(tensors["fc2.weight.codes"].abs().max()) == 2 ** (bits - 1) - 1
+    assert set(tensors) == {"payload"} and meta["format"] == FORMAT == "qaprune.qap"
 
 
 def test_ninety_percent_four_bit_is_small() -> None:
@@ -125,7 +122,7 @@ def test_truncated_file_refused(tmp_path: Path) -> None:
     save_packed(_compressed(4, 0.5), path)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="not a valid packed artifact"):
+    with pytest.raises(CheckpointError, match="not a .qap artifact"):
         load_packed(path)
 
 
@@ -145,5 +142,5 @@ def test_missing_file_refused(tmp_path: Path) -> None:
 def test_plain_safetensors_without_format_refused(tmp_path: Path) -> None:
     path = tmp_path / "plain.safetensors"
     save_file({"w": torch.zeros(3)}, str(path))
-    with pytest.raises(CheckpointError, match="unknown artifact format None; expected qaprune-packed-v1"):
+    with pytest.raises(CheckpointError, match="not a .qap artifact \\(format None, expected 'qaprune.qap'\\)"):
         load_packed(path)
