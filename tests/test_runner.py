@@ -23,7 +23,7 @@ QAP = {
 def test_run_writes_the_contract(tmp_path):
     res = runner.run(QAP, out=tmp_path / "r", log=lambda *_: None)
     d = tmp_path / "r"
-    for f in ("recipe.yaml", "results.json", "model.safetensors", "model.packed.safetensors", "report.html"):
+    for f in ("recipe.yaml", "results.json", "model.safetensors", "model.qap", "report.html"):
         assert (d / f).is_file(), f
     results = json.loads((d / "results.json").read_text())
     m = results["metrics"]
@@ -34,7 +34,8 @@ def test_run_writes_the_contract(tmp_path):
     assert [h["step"] for h in results["history"]] == [0, 1, 2]
     assert [h["target_sparsity"] for h in results["history"]] == pytest.approx([0.0, 0.3, 0.6])
     assert m["sparsity"] >= 0.6 - 1e-6 and m["bops"] < m["bops_fp32_dense"]
-    assert m["size_bytes"] == (d / "model.packed.safetensors").stat().st_size
+    assert m["size_bytes"] == (d / "model.qap").stat().st_size
+    assert m["compression"] > 3   # 6-bit weights, 60% sparse, a tiny model: the header weighs
     assert results["timing"]["seconds_per_epoch"] > 0
     assert Recipe.load(d / "recipe.yaml").to_dict() == res.results["recipe"]
 

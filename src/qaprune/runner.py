@@ -246,13 +246,14 @@ def _gradual_hook(model: nn.Module, pruning: _Pruning):
 
 
 def _finish(model: nn.Module, recipe: Recipe, data, run_dir: Path, history: list, timing: dict) -> dict:
-    from qaprune.metrics.size import save_packed
+    from qaprune.storage import save_qap
     from qaprune.report import write_report
 
     metrics = measure(model, data.x_test, data.y_test, num_classes=data.num_classes)
     layers = metrics.pop("layers")
     save_tensors(run_dir / "model.safetensors", copy_state(model))
-    metrics["size_bytes"] = save_packed(model, run_dir / "model.packed.safetensors")
+    metrics["size_bytes"] = save_qap(model, run_dir / "model.qap", meta={"name": recipe.name, "qaprune": VERSION})
+    metrics["compression"] = metrics["size_bytes_fp32"] / metrics["size_bytes"]  # against float32 dense
     timing["seconds_per_epoch"] = timing["train_seconds"] / max(timing["epochs"], 1)
     results = {"name": recipe.name, "qaprune_version": VERSION, "metrics": metrics, "layers": layers,
                "history": history, "timing": timing, "data": data.summary(), "recipe": recipe.to_dict(),
