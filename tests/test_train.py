@@ -182,3 +182,15 @@ def test_qap_fit_keeps_pruned_weights_zero() -> None:
         assert len(torch.unique(mod.weight)) <= 2**4 - 1
         # pruned latents still move under L1 (its gradient is on the latent), kept ones train
         assert not torch.equal(latent_weight(mod)[mask == 1], latent[name][mask == 1])
+
+
+def test_penalty_enters_the_loss():
+    x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    pull = lambda model: 10.0 * (model.weight - 1.0).pow(2).sum()  # noqa: E731
+    dist = []
+    for penalty in (None, pull):
+        torch.manual_seed(0)
+        m = nn.Linear(4, 3)
+        fit(m, x, y, x, y, spec=TrainSpec(epochs=150, lr=0.05, patience=None), penalty=penalty)
+        dist.append(float((m.weight - 1.0).abs().max()))
+    assert dist[1] < 0.1 < dist[0]

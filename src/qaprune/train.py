@@ -25,6 +25,7 @@ from qaprune.recipe import SPARSE_OPTIMIZERS, TrainSpec
 EpochHook = Callable[[int], bool]
 # on_step(model) is called after every optimizer step (e.g. to track weight statistics).
 StepHook = Callable[[nn.Module], None]
+Penalty = Callable[[nn.Module], Tensor]  # an extra loss term, added to every batch
 
 
 @dataclass
@@ -118,12 +119,14 @@ def evaluate_loss(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 4
 
 def fit(model: nn.Module, x_train: Tensor, y_train: Tensor, x_val: Tensor, y_val: Tensor, *,
         spec: TrainSpec, seed: int = 0, on_epoch: EpochHook | None = None,
-        on_step: StepHook | None = None, progress: bool = False, label: str = "train") -> FitResult:
+        on_step: StepHook | None = None, penalty: Penalty | None = None, progress: bool = False,
+        label: str = "train") -> FitResult:
     """Train ``model`` in place; x (N, ...) float, y (N,) int64, already on the model's device.
 
     Adam/AdamW/SGD/HSPG/OBProx-SG with an optional cosine/step learning-rate schedule, L1 on
     the weights, early stopping on the validation loss (``spec.patience``) with restore of the
-    best weights. ``result.optimizer`` is the optimizer as training left it: after HSPG /
+    best weights. ``penalty(model)`` -> scalar tensor is added to every batch's loss (ADMM/L-C
+    terms, clustering pull). ``result.optimizer`` is the optimizer as training left it: after HSPG /
     OBProx-SG, ``groups_to_masks(model, result.optimizer)`` freezes the zeros it reached.
 
     Example:
@@ -141,7 +144,7 @@ def fit(model: nn.Module, x_train: Tensor, y_train: Tensor, x_val: Tensor, y_val
             if on_epoch is not None and on_epoch(epoch):
                 result.best_val_loss, best_state, bad = math.inf, None, 0
             t0 = time.perf_counter()
-            train_loss = _train_epoch(model, opt, x_train, y_train, spec, gen, on_step)
+            train_loss = _train_epoch(model, opt, x_train, y_train, spec, gen, on_step, penalty)
             result.train_seconds += time.perf_counter() - t0
             if sched is not None:
                 sched.step()
@@ -163,7 +166,8 @@ def fit(model: nn.Module, x_train: Tensor, y_train: Tensor, x_val: Tensor, y_val
 
 
 def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor,
-                 spec: TrainSpec, gen: torch.Generator, on_step: StepHook | None = None) -> float:
+                 spec: TrainSpec, gen: torch.Generator, on_step: StepHook | None = None,
+                 penalty: Penalty | None = None) -> float:
     model.train()
     perm = torch.randperm(len(x), generator=gen).to(x.device)
     total, bs = 0.0, spec.batch_size
@@ -172,6 +176,8 @@ def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Ten
         loss = F.cross_entropy(model(x[idx]), y[idx])
         if spec.l1:
             loss = loss + spec.l1 * l1_penalty(model)
+        if penalty is not None:
+            loss = loss + penalty(model)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
