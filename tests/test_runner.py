@@ -159,3 +159,22 @@ def test_data_criteria_run_end_to_end(tmp_path, criterion):
     res = runner.run(recipe, out=tmp_path / "r", log=lambda *_: None)
     assert res.metrics["sparsity"] >= 0.6 - 1e-6
     assert res.results["recipe"]["prune"]["criterion"] == criterion
+
+
+CLUSTERED = {**QAP, "prune": {"sparsity": 0.5, "rate": 0.5},
+             "quant": {"weight_bits": 8, "act_bits": 8, "clusters": 8, "cluster_epochs": 2, "cluster_reg": 1.0},
+             "layers": {"fc1": {"clusters": 4}}}
+
+
+def test_weight_sharing_round_after_pruning(tmp_path):
+    res = runner.run(CLUSTERED, out=tmp_path / "c", log=lambda *_: None)
+    phases = [h["phase"] for h in res.results["history"]]
+    assert phases == ["train", "prune", "cluster"]
+    _, _, model = runner.load_run(tmp_path / "c")           # clusters rebuilt from the weights file
+    for name, k in (("fc1", 4), ("fc2", 8), ("fc3", 8)):
+        w = model.get_submodule(name).weight
+        assert len(torch.unique(w[w != 0])) <= k, name
+    assert res.metrics["sparsity"] >= 0.5 - 1e-6                  # pruned weights stayed zero
+    before = res.results["history"][1]["accuracy"]
+    assert res.metrics["accuracy"] > before - 0.1, (before, res.metrics["accuracy"])
+    assert res.metrics["size_bytes"] == (tmp_path / "c" / "model.qap").stat().st_size

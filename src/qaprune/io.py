@@ -40,9 +40,12 @@ def load_tensors(path: str | Path) -> dict[str, Tensor]:
 def load_into(model: nn.Module, path: str | Path) -> nn.Module:
     """Load a state dict saved by ``save_tensors(model.state_dict())`` into ``model``."""
     from qaprune.prune.groups import restore_channel_masks
+    from qaprune.quant.cluster import clusters_from_state
 
     state = load_tensors(path)
     restore_channel_masks(model, state)
+    if any(k.endswith(".centroids") for k in state) and not any(k.endswith(".centroids") for k in model.state_dict()):
+        clusters_from_state(model, state)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

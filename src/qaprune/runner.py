@@ -27,6 +27,7 @@ from qaprune.prune import CRITERIA, prune_to, prunable_layers
 from qaprune.prune.optim import groups_to_masks
 from qaprune.prune.pruner import add_mask
 from qaprune.prune.stats import MomentumTracker, collect_stats
+from qaprune.quant.cluster import ClusterPull, cluster_model, recipe_clusters
 from qaprune.prune.schedules import SCHEDULES, steps
 from qaprune.recipe import SPARSE_OPTIMIZERS, Recipe
 from qaprune.train import fit
@@ -167,19 +168,16 @@ def run(recipe: Recipe | str | Path | dict, *, out: str | Path | None = None, da
     history, timing = state["history"], state["timing"]
     init_state = load_tensors(ckpt / "init.safetensors")
     t_start = time.perf_counter()
-    for step in range(state["next_step"], len(targets) + 1):
-        target = targets[step - 1] if step else 0.0
-        if step:
-            pruning(model, target)
-            if recipe.prune.rewind == "lt":
-                rewind(model, init_state)
-        hook = _gradual_hook(model, pruning) if step == 0 and recipe.prune.schedule == "cubic" else None
-        res = fit(model, data.x_train, data.y_train, data.x_val, data.y_val, spec=recipe.train,
-                  seed=recipe.seed + step, on_epoch=hook, on_step=pruning.tracker, progress=progress,
-                  label=f"step {step}")
-        if recipe.train.optimizer in SPARSE_OPTIMIZERS:  # the zeros it reached stay zero
-            groups_to_masks(model, res.optimizer)
+    ks = recipe_clusters(model, recipe)
+    last = len(targets) + (1 if ks else 0)  # weight sharing is a round of its own, after pruning
+    for step in range(state["next_step"], last + 1):
+        if ks and step == last:
+            target, hook, res = final, None, _cluster_round(model, recipe, data, ks, step, progress)
+        else:
+            target, hook, res = _prune_round(model, recipe, data, pruning, targets, step, init_state,
+                                             progress, pull=_pull(recipe, ks) if step == len(targets) else None)
         entry = _entry(model, data, step, target if hook is None else final, res)
+        entry["phase"] = "cluster" if ks and step == last else "prune" if step else "train"
         history.append(entry)
         timing["epochs"] += res.epochs
         timing["train_seconds"] += res.train_seconds
@@ -188,6 +186,54 @@ def run(recipe: Recipe | str | Path | dict, *, out: str | Path | None = None, da
         _checkpoint(model, ckpt, step, history, timing)
     timing["total_seconds"] = timing.get("total_seconds", 0.0) + time.perf_counter() - t_start
     return RunResult(run_dir, _finish(model, recipe, data, run_dir, history, timing))
+
+
+def _prune_round(model: nn.Module, recipe: Recipe, data, pruning: _Pruning, targets: list[float], step: int,
+                 init_state: dict, progress: bool, *, pull=None) -> tuple[float, Any, Any]:
+    """Round ``step``: prune to its target (none in round 0), rewind for LT, train. -> (target,
+    the cubic schedule's epoch hook or None, the fit result)."""
+    target = targets[step - 1] if step else 0.0
+    if step:
+        pruning(model, target)
+        if recipe.prune.rewind == "lt":
+            rewind(model, init_state)
+    hook = _gradual_hook(model, pruning) if step == 0 and recipe.prune.schedule == "cubic" else None
+    res = fit(model, data.x_train, data.y_train, data.x_val, data.y_val, spec=recipe.train,
+              seed=recipe.seed + step, on_epoch=hook, on_step=_both(pruning.tracker, pull), progress=progress,
+              label=f"step {step}")
+    if recipe.train.optimizer in SPARSE_OPTIMIZERS:  # the zeros it reached stay zero
+        groups_to_masks(model, res.optimizer)
+    return target, hook, res
+
+
+def _cluster_round(model: nn.Module, recipe: Recipe, data, ks: dict[str, int], step: int, progress: bool):
+    """Weight sharing (Deep Compression): optimal 1-D k-means of every layer's pruned weights, then
+    ``quant.cluster_epochs`` epochs that train the shared values (pruned weights stay zero)."""
+    cluster_model(model, ks)
+    spec = recipe.train.model_copy(update={"epochs": recipe.quant.cluster_epochs})
+    return fit(model, data.x_train, data.y_train, data.x_val, data.y_val, spec=spec, seed=recipe.seed + step,
+               progress=progress, label=f"step {step} (clusters)")
+
+
+def _pull(recipe: Recipe, ks: dict[str, int]):
+    """The clustering-friendly pull toward the centres (``quant.cluster_reg``) for the last
+    pruning round before weight sharing, or None."""
+    if not ks or recipe.quant.cluster_reg <= 0:
+        return None
+    return ClusterPull(ks, strength=recipe.quant.cluster_reg, lr=recipe.train.lr)
+
+
+def _both(*hooks):
+    """One ``on_step`` hook calling every given one (None when there is none)."""
+    live = [h for h in hooks if h is not None]
+    if len(live) < 2:
+        return live[0] if live else None
+
+    def step(model: nn.Module) -> None:
+        for h in live:
+            h(model)
+
+    return step
 
 
 def _prepare_dir(run_dir: Path, recipe: Recipe, resume: bool) -> Path:
