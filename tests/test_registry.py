@@ -71,3 +71,9 @@ def test_package_registries(reg: Registry, kind: str, members: set[str]) -> None
     assert members <= set(reg.names())
     for name in reg.names():
         assert callable(reg.get(name))
+
+
+def test_every_top_level_export_resolves():
+    import qaprune
+
+    assert all(getattr(qaprune, name) is not None for name in qaprune.__all__)

@@ -25,7 +25,11 @@ _EXPORTS = {
     "measure": "qaprune.metrics", "profile": "qaprune.metrics",
     "prune_to": "qaprune.prune",
     "build_model": "qaprune.models", "load_dataset": "qaprune.data",
-    "demo": "qaprune.demo",
+    "run_demo": "qaprune.demo",
+    "shrink": "qaprune.export", "fold_batchnorm": "qaprune.export.fold", "for_inference": "qaprune.export.fold",
+    "save_qap": "qaprune.storage", "load_qap": "qaprune.storage", "load_qap_into": "qaprune.storage",
+    "cluster_model": "qaprune.quant.cluster", "kmeans_1d": "qaprune.quant.cluster",
+    "lc_compress": "qaprune.lc",
 }
 
 __all__ = sorted(_EXPORTS)
