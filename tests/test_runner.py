@@ -178,3 +178,18 @@ def test_weight_sharing_round_after_pruning(tmp_path):
     before = res.results["history"][1]["accuracy"]
     assert res.metrics["accuracy"] > before - 0.1, (before, res.metrics["accuracy"])
     assert res.metrics["size_bytes"] == (tmp_path / "c" / "model.qap").stat().st_size
+
+
+def test_distillation_from_the_round0_model(tmp_path, monkeypatch):
+    seen = []
+    real_fit = runner.fit
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("teacher"))
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "fit", spy)
+    recipe = {**QAP, "train": {**QAP["train"], "distill": {"temperature": 3.0, "weight": 0.7}}}
+    res = runner.run(recipe, out=tmp_path / "kd", log=lambda *_: None)
+    assert seen[0] is None and all(t is not None and not t.training for t in seen[1:])
+    assert len(seen) == 3 and 0.0 <= res.metrics["accuracy"] <= 1.0

@@ -194,3 +194,18 @@ def test_penalty_enters_the_loss():
         fit(m, x, y, x, y, spec=TrainSpec(epochs=150, lr=0.05, patience=None), penalty=penalty)
         dist.append(float((m.weight - 1.0).abs().max()))
     assert dist[1] < 0.1 < dist[0]
+
+
+def test_distillation_pulls_the_student_to_the_teacher():
+    torch.manual_seed(0)
+    x = torch.randn(256, 8)
+    teacher = nn.Linear(8, 3).eval()
+    y = torch.zeros(256, dtype=torch.long)                 # labels that disagree with the teacher
+    agree = []
+    for distill in (None, {"weight": 1.0, "temperature": 2.0}):
+        torch.manual_seed(1)
+        student = nn.Linear(8, 3)
+        fit(student, x, y, x, y, spec=TrainSpec(epochs=40, lr=0.05, patience=None, distill=distill), teacher=teacher)
+        with torch.no_grad():
+            agree.append(float((student(x).argmax(1) == teacher(x).argmax(1)).float().mean()))
+    assert agree[1] > 0.9 > agree[0]

@@ -150,6 +150,28 @@ class TrainSpec(_Strict):
     l1: float = 0.0                    # L1 penalty on the weights
     deterministic: bool = True
     threads: int | None = None
+class DistillSpec(_Strict):
+    """Knowledge distillation: loss = (1 − weight)·CE + weight·T²·KL(teacher_T ‖ student_T)."""
+
+    teacher: str = "round0"            # "round0": this run's trained, unpruned model; or a run directory
+    temperature: float = 4.0
+    weight: float = 0.5
+
+    @field_validator("temperature")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError(f"{v} is not > 0")
+        return v
+
+    @field_validator("weight")
+    @classmethod
+    def _unit(cls, v: float) -> float:
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"{v} is not in [0, 1]")
+        return v
+
+
     sparse: SparseSpec | None = None   # hspg / obproxsg options; None: SparseSpec's defaults
 
     @field_validator("weight_decay")
@@ -164,6 +186,7 @@ class TrainSpec(_Strict):
     @field_validator("sparse")
     @classmethod
     def _sparse_needs_its_optimizer(cls, v: SparseSpec | None, info) -> SparseSpec | None:
+    distill: DistillSpec | None = None  # knowledge distillation from a teacher (see DistillSpec)
         opt = info.data.get("optimizer")
         if v is not None and opt is not None and opt not in SPARSE_OPTIMIZERS:
             raise ValueError(f"set, but train.optimizer is {opt!r}; it is used by: "

@@ -170,12 +170,15 @@ def run(recipe: Recipe | str | Path | dict, *, out: str | Path | None = None, da
     t_start = time.perf_counter()
     ks = recipe_clusters(model, recipe)
     last = len(targets) + (1 if ks else 0)  # weight sharing is a round of its own, after pruning
+    teacher = None
     for step in range(state["next_step"], last + 1):
+        teacher = teacher or _teacher(recipe, data, device, ckpt, step)
         if ks and step == last:
-            target, hook, res = final, None, _cluster_round(model, recipe, data, ks, step, progress)
+            target, hook, res = final, None, _cluster_round(model, recipe, data, ks, step, progress, teacher)
         else:
-            target, hook, res = _prune_round(model, recipe, data, pruning, targets, step, init_state,
-                                             progress, pull=_pull(recipe, ks) if step == len(targets) else None)
+            target, hook, res = _prune_round(model, recipe, data, pruning, targets, step, init_state, progress,
+                                             pull=_pull(recipe, ks) if step == len(targets) else None,
+                                             teacher=teacher)
         entry = _entry(model, data, step, target if hook is None else final, res)
         entry["phase"] = "cluster" if ks and step == last else "prune" if step else "train"
         history.append(entry)
@@ -189,7 +192,7 @@ def run(recipe: Recipe | str | Path | dict, *, out: str | Path | None = None, da
 
 
 def _prune_round(model: nn.Module, recipe: Recipe, data, pruning: _Pruning, targets: list[float], step: int,
-                 init_state: dict, progress: bool, *, pull=None) -> tuple[float, Any, Any]:
+                 init_state: dict, progress: bool, *, pull=None, teacher=None) -> tuple[float, Any, Any]:
     """Round ``step``: prune to its target (none in round 0), rewind for LT, train. -> (target,
     the cubic schedule's epoch hook or None, the fit result)."""
     target = targets[step - 1] if step else 0.0
@@ -199,20 +202,36 @@ def _prune_round(model: nn.Module, recipe: Recipe, data, pruning: _Pruning, targ
             rewind(model, init_state)
     hook = _gradual_hook(model, pruning) if step == 0 and recipe.prune.schedule == "cubic" else None
     res = fit(model, data.x_train, data.y_train, data.x_val, data.y_val, spec=recipe.train,
-              seed=recipe.seed + step, on_epoch=hook, on_step=_both(pruning.tracker, pull), progress=progress,
-              label=f"step {step}")
+              seed=recipe.seed + step, on_epoch=hook, on_step=_both(pruning.tracker, pull), teacher=teacher,
+              progress=progress, label=f"step {step}")
     if recipe.train.optimizer in SPARSE_OPTIMIZERS:  # the zeros it reached stay zero
         groups_to_masks(model, res.optimizer)
     return target, hook, res
 
 
-def _cluster_round(model: nn.Module, recipe: Recipe, data, ks: dict[str, int], step: int, progress: bool):
+def _cluster_round(model: nn.Module, recipe: Recipe, data, ks: dict[str, int], step: int, progress: bool,
+                   teacher: nn.Module | None = None):
     """Weight sharing (Deep Compression): optimal 1-D k-means of every layer's pruned weights, then
     ``quant.cluster_epochs`` epochs that train the shared values (pruned weights stay zero)."""
     cluster_model(model, ks)
     spec = recipe.train.model_copy(update={"epochs": recipe.quant.cluster_epochs})
     return fit(model, data.x_train, data.y_train, data.x_val, data.y_val, spec=spec, seed=recipe.seed + step,
-               progress=progress, label=f"step {step} (clusters)")
+               teacher=teacher, progress=progress, label=f"step {step} (clusters)")
+
+
+def _teacher(recipe: Recipe, data, device: torch.device, ckpt: Path, step: int) -> nn.Module | None:
+    """The distillation teacher (``train.distill``), frozen in eval mode: this run's round-0 model
+    (from its checkpoint, so also after --resume; available from round 1 on) or another run's."""
+    d = recipe.train.distill
+    if d is None or (d.teacher == "round0" and step == 0):
+        return None
+    if d.teacher == "round0":
+        teacher = load_into(build(recipe, data, device), ckpt / "step_000.safetensors")
+    else:
+        teacher = load_run(d.teacher)[2].to(device)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.eval()
 
 
 def _pull(recipe: Recipe, ks: dict[str, int]):

@@ -119,14 +119,16 @@ def evaluate_loss(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 4
 
 def fit(model: nn.Module, x_train: Tensor, y_train: Tensor, x_val: Tensor, y_val: Tensor, *,
         spec: TrainSpec, seed: int = 0, on_epoch: EpochHook | None = None,
-        on_step: StepHook | None = None, penalty: Penalty | None = None, progress: bool = False,
-        label: str = "train") -> FitResult:
+        on_step: StepHook | None = None, penalty: Penalty | None = None, teacher: nn.Module | None = None,
+        progress: bool = False, label: str = "train") -> FitResult:
     """Train ``model`` in place; x (N, ...) float, y (N,) int64, already on the model's device.
 
     Adam/AdamW/SGD/HSPG/OBProx-SG with an optional cosine/step learning-rate schedule, L1 on
     the weights, early stopping on the validation loss (``spec.patience``) with restore of the
     best weights. ``penalty(model)`` -> scalar tensor is added to every batch's loss (ADMM/L-C
-    terms, clustering pull). ``result.optimizer`` is the optimizer as training left it: after HSPG /
+    terms, clustering pull). With a ``teacher`` (a model in eval mode) and ``spec.distill``, the loss
+    is (1 − w)·CE + w·T²·KL(teacher_T ‖ student_T) (Hinton et al.; T = ``spec.distill.temperature``,
+    w = ``spec.distill.weight``). ``result.optimizer`` is the optimizer as training left it: after HSPG /
     OBProx-SG, ``groups_to_masks(model, result.optimizer)`` freezes the zeros it reached.
 
     Example:
@@ -144,7 +146,8 @@ def fit(model: nn.Module, x_train: Tensor, y_train: Tensor, x_val: Tensor, y_val
             if on_epoch is not None and on_epoch(epoch):
                 result.best_val_loss, best_state, bad = math.inf, None, 0
             t0 = time.perf_counter()
-            train_loss = _train_epoch(model, opt, x_train, y_train, spec, gen, on_step, penalty)
+            train_loss = _train_epoch(model, opt, x_train, y_train, spec, gen, on_step, penalty,
+                                      teacher if spec.distill is not None else None)
             result.train_seconds += time.perf_counter() - t0
             if sched is not None:
                 sched.step()
@@ -167,13 +170,16 @@ def fit(model: nn.Module, x_train: Tensor, y_train: Tensor, x_val: Tensor, y_val
 
 def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor,
                  spec: TrainSpec, gen: torch.Generator, on_step: StepHook | None = None,
-                 penalty: Penalty | None = None) -> float:
+                 penalty: Penalty | None = None, teacher: nn.Module | None = None) -> float:
     model.train()
     perm = torch.randperm(len(x), generator=gen).to(x.device)
     total, bs = 0.0, spec.batch_size
     for i in range(0, len(x), bs):
         idx = perm[i:i + bs]
-        loss = F.cross_entropy(model(x[idx]), y[idx])
+        logits = model(x[idx])
+        loss = F.cross_entropy(logits, y[idx])
+        if teacher is not None:
+            loss = distillation_loss(logits, teacher, x[idx], loss, spec)
         if spec.l1:
             loss = loss + spec.l1 * l1_penalty(model)
         if penalty is not None:
@@ -187,6 +193,15 @@ def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Ten
     mean = float(total) / len(x)
     _check_finite(mean, "training loss")
     return mean
+
+
+def distillation_loss(logits: Tensor, teacher: nn.Module, x: Tensor, ce: Tensor, spec: TrainSpec) -> Tensor:
+    """(1 − w)·ce + w·T²·KL(softmax(teacher(x)/T) ‖ softmax(logits/T)); logits (N, C)."""
+    d = spec.distill
+    with torch.no_grad():
+        target = F.log_softmax(teacher(x) / d.temperature, dim=1)
+    kl = F.kl_div(F.log_softmax(logits / d.temperature, dim=1), target, reduction="batchmean", log_target=True)
+    return (1.0 - d.weight) * ce + d.weight * d.temperature ** 2 * kl
 
 
 def _check_finite(value: float, what: str) -> None:
