@@ -52,7 +52,7 @@ def test_cli_schema(capsys):
 
 @pytest.mark.parametrize("override, message", [
     ("prune.sparsity=1.3", "recipe.prune.sparsity: 1.3 is not in [0, 1)"),
-    ("quant.weight_bits=1", "recipe.quant.weight_bits"),
+    ("quant.weight_bits=33", "recipe.quant.weight_bits"),
     ("model.name=resnet9000", "unknown model 'resnet9000'; known:"),
     ("data.name=imagenet", "imagenet"),
     ("prune.criterion=psychic", "known: "),

@@ -12,7 +12,7 @@ MODULES = [
     "qaprune.prune.pruner", "qaprune.metrics.bops", "qaprune.models", "qaprune.compress",
     "qaprune.train", "qaprune.metrics", "qaprune.prune.optim", "qaprune.prune.stats",
     "qaprune.prune.groups", "qaprune.export.shrink", "qaprune.metrics.latency", "qaprune.models.resnet",
-    "qaprune.prune.channels", "qaprune.export.fold",
+    "qaprune.prune.channels", "qaprune.export.fold", "qaprune.quant.mixed",
 ]
 
 

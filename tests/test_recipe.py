@@ -127,14 +127,16 @@ def test_override_layer_pattern_with_dot() -> None:
     ({"prune": {"sparsity": -0.1}}, "recipe.prune.sparsity: -0.1 is not in [0, 1)"),
     ({"prune": {"sparsity": 1.0}}, "recipe.prune.sparsity: 1.0 is not in [0, 1)"),
     ({"prune": {"rate": 0.0}}, "recipe.prune.rate: 0.0 is not in (0, 1)"),
-    ({"quant": {"weight_bits": 1}},
-     "recipe.quant.weight_bits: 1 bits is not supported; allowed: 2..16 or 32 (float)"),
-    ({"quant": {"act_bits": 17}},
-     "recipe.quant.act_bits: 17 bits is not supported; allowed: 2..16 or 32 (float)"),
-    ({"quant": {"input_bits": 64}},
-     "recipe.quant.input_bits: 64 bits is not supported; allowed: 2..16 or 32 (float)"),
-    ({"layers": {"fc1": {"weight_bits": 1}}},
-     "recipe.layers.fc1.weight_bits: 1 bits is not supported; allowed: 2..16 or 32 (float)"),
+    ({"quant": {"weight_bits": 0}},
+     "recipe.quant.weight_bits: 0 bits is not supported; allowed: 1..16 or 32 (float)"),
+    ({"quant": {"act_bits": 17}}, "recipe.quant.act_bits: 17 bits is not supported; "
+                                  "allowed: 2..16 or 32 (float); 1 bit is for weights only"),
+    ({"quant": {"input_bits": 64}}, "recipe.quant.input_bits: 64 bits is not supported; "
+                                    "allowed: 2..16 or 32 (float); 1 bit is for weights only"),
+    ({"layers": {"fc1": {"weight_bits": 33}}},
+     "recipe.layers.fc1.weight_bits: 33 bits is not supported; allowed: 1..16 or 32 (float)"),
+    ({"layers": {"fc1": {"act_bits": 1}}}, "recipe.layers.fc1.act_bits: 1 bits is not supported; "
+                                           "allowed: 2..16 or 32 (float); 1 bit is for weights only"),
     ({"layers": {"fc1": {"sparsity": 2}}}, "recipe.layers.fc1.sparsity: 2.0 is not in [0, 1)"),
     ({"prune": {"criterion": "psychic"}},
      f"recipe.prune.criterion: 'psychic' is unknown; known: {', '.join(CRITERIA.names())}"),
@@ -187,11 +189,11 @@ def test_cubic_inside_training_is_fine() -> None:
 
 def test_several_errors_one_line_each() -> None:
     with pytest.raises(RecipeError) as info:
-        Recipe.parse({"prune": {"sparsity": 1.3}, "quant": {"weight_bits": 1}})
+        Recipe.parse({"prune": {"sparsity": 1.3}, "quant": {"weight_bits": 17}})
     lines = str(info.value).splitlines()
     assert sorted(lines) == sorted(["recipe.prune.sparsity: 1.3 is not in [0, 1)",
-                                    "recipe.quant.weight_bits: 1 bits is not supported; "
-                                    "allowed: 2..16 or 32 (float)"])
+                                    "recipe.quant.weight_bits: 17 bits is not supported; "
+                                    "allowed: 1..16 or 32 (float)"])
 
 
 @pytest.mark.parametrize("data,field,model", [

@@ -11,20 +11,20 @@ from torch.nn.utils import parametrize
 
 from qaprune.prune.pruner import add_mask
 from qaprune.quant.activations import QuantInput, QuantReLU
-from qaprune.quant.fake_quant import FLOAT_BITS, FakeQuant
+from qaprune.quant.fake_quant import FLOAT_BITS, FakeQuant, weight_quantizer
+from qaprune.quant.mixed import RELUS, WEIGHT_LAYERS, act_bits_plan, check_patterns, weight_spec
 from qaprune.recipe import Recipe
-
-WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-RELUS = (nn.ReLU, nn.ReLU6)
 
 
 def attach(model: nn.Module, recipe: Recipe, *, sample: Tensor | None = None) -> nn.Module:
     """Prepare ``model`` in place for quantization-aware pruning as ``recipe`` says.
 
     Every Linear/Conv weight gets ``Mask`` (when it will be pruned) then ``FakeQuant`` (when
-    below 32 bits): ``weight = quant(mask · w)``. ReLUs become ``QuantReLU``; a module named
-    ``input_quant`` (or, failing that, a pre-hook on the model) quantizes the input, calibrated
-    on ``sample`` (N, ...) unless ``quant.input_max`` is given.
+    below 32 bits; ``LearnedFakeQuant`` under ``quant.weight_scale: learned``):
+    ``weight = quant(mask · w)``. ReLUs become ``QuantReLU``; a module named ``input_quant`` (or,
+    failing that, a pre-hook on the model) quantizes the input, calibrated on ``sample`` (N, ...)
+    unless ``quant.input_max`` is given. Per-layer bits follow ``quant.mixed`` (``layers.fc1.
+    act_bits`` sets the ReLU after fc1); overrides that reach no module are refused.
 
     Example:
         >>> from qaprune.models import build_model
@@ -36,39 +36,39 @@ def attach(model: nn.Module, recipe: Recipe, *, sample: Tensor | None = None) ->
     """
     q, pruning = recipe.quant, recipe.prune.sparsity > 0 or any(
         o.sparsity for o in recipe.layers.values())
+    check_patterns(model, recipe)
+    acts = act_bits_plan(model, recipe)  # every bit width is checked before the model changes
+    weights = {n: weight_spec(recipe, n) for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)}
     for name, mod in list(model.named_modules()):
         if isinstance(mod, WEIGHT_LAYERS):
-            _attach_weight(mod, recipe, name, pruning)
-    _replace_relus(model, recipe)
+            _attach_weight(mod, recipe, name, pruning, *weights[name])
+    _replace_relus(model, recipe, acts)
     input_bits = q.input_bits if q.input_bits is not None else q.act_bits
     if input_bits < FLOAT_BITS:
         _attach_input(model, input_bits, sample, q.input_max, learned=q.act_scale == "learned")
     return model
 
 
-def _attach_weight(mod: nn.Module, recipe: Recipe, name: str, pruning: bool) -> None:
+def _attach_weight(mod: nn.Module, recipe: Recipe, name: str, pruning: bool, bits: int,
+                   per_channel: bool) -> None:
     over, q = recipe.layer(name), recipe.quant
     if pruning and over.prune is not False and (over.sparsity is None or over.sparsity > 0):
         add_mask(mod)
-    bits = over.weight_bits if over.weight_bits is not None else q.weight_bits
-    per_channel = over.per_channel if over.per_channel is not None else q.per_channel
     if bits < FLOAT_BITS:
-        parametrize.register_parametrization(mod, "weight", FakeQuant(bits, per_channel=per_channel))
+        quant = weight_quantizer(bits, per_channel=per_channel, learned=q.weight_scale == "learned",
+                                 weight=mod.weight)
+        parametrize.register_parametrization(mod, "weight", quant.to(mod.weight.device))
     if q.bias_bits < FLOAT_BITS and getattr(mod, "bias", None) is not None:
         parametrize.register_parametrization(mod, "bias", FakeQuant(q.bias_bits))
 
 
-def _replace_relus(model: nn.Module, recipe: Recipe) -> None:
+def _replace_relus(model: nn.Module, recipe: Recipe, plan: dict[str, int]) -> None:
     for parent_name, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):
-            if not isinstance(child, RELUS):
-                continue
             full = f"{parent_name}.{child_name}" if parent_name else child_name
-            over = recipe.layer(full)
-            bits = over.act_bits if over.act_bits is not None else recipe.quant.act_bits
-            if bits < FLOAT_BITS:
+            if isinstance(child, RELUS) and plan.get(full, FLOAT_BITS) < FLOAT_BITS:
                 top = 6.0 if isinstance(child, nn.ReLU6) else recipe.quant.act_max
-                setattr(parent, child_name, QuantReLU(bits, max_value=top,
+                setattr(parent, child_name, QuantReLU(plan[full], max_value=top,
                                                       learned=recipe.quant.act_scale == "learned"))
 
 

@@ -16,7 +16,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 
 from qaprune.errors import RecipeError
 
-SUPPORTED_BITS = (*range(2, 17), 32)
+WEIGHT_BITS = (*range(1, 17), 32)  # 1: binary, 2: ternary, 32: float (quant.fake_quant)
+ACT_BITS = (*range(2, 17), 32)     # activations, inputs and biases: 1 bit is for weights only
+SUPPORTED_BITS = WEIGHT_BITS
 MAX_CLUSTERS = 2 ** 16
 SPARSE_OPTIMIZERS = ("hspg", "obproxsg")  # qaprune.prune.optim: exact zeros while training
 
@@ -25,9 +27,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def bits_problem(bits: int, *, weights: bool) -> str | None:
+    """Why ``bits`` is refused (weights: 1..16 or 32; else 2..16 or 32), None when it is fine."""
+    if bits in (WEIGHT_BITS if weights else ACT_BITS):
+        return None
+    if weights:
+        return f"{bits} bits is not supported; allowed: 1..16 or 32 (float)"
+    return f"{bits} bits is not supported; allowed: 2..16 or 32 (float); 1 bit is for weights only"
+
+
 def _bits(v: int | None, info) -> int | None:
-    if v is not None and v not in SUPPORTED_BITS:
-        raise ValueError(f"{v} bits is not supported; allowed: 2..16 or 32 (float)")
+    problem = None if v is None else bits_problem(v, weights=info.field_name == "weight_bits")
+    if problem:
+        raise ValueError(problem)
     return v
 
 
@@ -60,7 +72,7 @@ class ModelSpec(_Strict):
 
 
 class QuantSpec(_Strict):
-    weight_bits: int = 32              # 2..16, 32 = float
+    weight_bits: int = 32              # 1 (binary) .. 16, 32 = float; activations: 2..16, 32
     act_bits: int = 32                 # bits of QuantReLU outputs
     input_bits: int | None = None      # the input quantizer; None: same as act_bits
     input_max: float | None = None     # None: calibrated on the training split
@@ -69,6 +81,7 @@ class QuantSpec(_Strict):
     per_channel: bool = False
     bias_bits: int = 32                # 32: float bias (see quant.fake_quant's bias policy)
     weight_scale: Literal["max", "learned"] = "max"  # learned: LSQ step sizes for the weights
+    #                                    (max: max|w|/qmax, 1 bit: mean|w|; see quant.fake_quant)
     clusters: int | None = None        # weight sharing: k shared values per layer (quant.cluster)
     cluster_epochs: int = 3            # fine-tuning of the shared values after clustering
     cluster_reg: float = 0.0           # clustering-friendly regularizer (pull to the centres)

@@ -1,11 +1,12 @@
 """Activation quantizers, placed by module surgery: ``QuantReLU`` and ``QuantInput``.
 
-Both expose ``act_bits`` so that metrics can tell which bits feed the next layer. They give the
-same values as PyTorch's ``fake_quantize_per_tensor_affine`` (round half to even, clamp to the
-grid) but are about 10× faster on CPU for activation-sized tensors, where the native kernel is
-not vectorized: a ``hardtanh`` carries the autograd graph (gradient 1 inside the range, 0
-outside: the straight-through estimator) and its output is rounded onto the grid in place,
-through a detached alias. ``hardtanh``'s backward reads only its input, so the in-place rounding
+Both expose ``act_bits`` (2..16; 1 bit is for weights only) so that metrics can tell which
+bits feed the next layer. They give the same values as PyTorch's
+``fake_quantize_per_tensor_affine`` (round half to even, clamp to the grid) but are about 10×
+faster on CPU for activation-sized tensors, where the native kernel is not vectorized: a
+``hardtanh`` carries the autograd graph (gradient 1 inside the range, 0 outside: the
+straight-through estimator) and its output is rounded onto the grid in place, through a
+detached alias. ``hardtanh``'s backward reads only its input, so the in-place rounding
 of its output is invisible to autograd.
 """
 from __future__ import annotations
@@ -63,7 +64,7 @@ class QuantReLU(nn.Module):
 
     def __init__(self, bits: int, *, max_value: float = 6.0, learned: bool = False) -> None:
         super().__init__()
-        self.act_bits = check_bits(bits, field="act_bits")
+        self.act_bits = check_bits(bits, field="act_bits", weights=False)
         self.levels = 2**bits - 1
         self.step = float(max_value) / self.levels
         self.learned = learned
@@ -96,7 +97,7 @@ class QuantInput(nn.Module):
 
     def __init__(self, bits: int, *, max_value: float, signed: bool, learned: bool = False) -> None:
         super().__init__()
-        self.act_bits = check_bits(bits, field="input_bits")
+        self.act_bits = check_bits(bits, field="input_bits", weights=False)
         self.signed, self.learned = signed, learned
         self.qmin, self.qmax = (-(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
         # in the state dict, so that a calibrated (or learned) range travels with the weights
