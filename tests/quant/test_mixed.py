@@ -122,6 +122,23 @@ def test_bops_follow_per_layer_bits() -> None:
     assert sum(p.bops for p in layers) != sum(p.bops for p in uniform)
 
 
+def test_bake_learned_and_binary_weights_keeps_outputs() -> None:
+    import copy
+
+    from qaprune.compress import bake
+
+    model = attach(_mlp(), _recipe(MIXED, weight_scale="learned", per_channel=True), sample=torch.randn(32, 16))
+    x = torch.randn(16, 16)
+    model.eval()
+    expected = model(x).detach()
+    weights = {n: getattr(model, n).weight.detach().clone() for n in FCS}
+    baked = bake(copy.deepcopy(model))
+    assert torch.equal(baked(x), expected) and torch.equal(model(x), expected)
+    assert not any(k.endswith(".step") for k in baked.state_dict())
+    assert all(torch.equal(getattr(baked, n).weight, weights[n]) for n in FCS)
+    assert _levels(baked.fc4.weight) == 2 * 5  # binary, per channel: ±α_c for 5 outputs
+
+
 # --- errors name the layer --------------------------------------------------------------------
 
 @pytest.mark.parametrize("layers,msg", [
