@@ -216,7 +216,7 @@ def test_unknown_top_level_lists_sections() -> None:
     with pytest.raises(RecipeError) as info:
         Recipe.parse({"epoch": 3})
     assert str(info.value) == ("recipe.epoch: unknown field; allowed: name, seed, device, data, "
-                               "model, quant, prune, train, layers")
+                               "model, quant, prune, train, layers, search")
 
 
 def test_not_a_mapping() -> None:

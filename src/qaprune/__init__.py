@@ -30,6 +30,7 @@ _EXPORTS = {
     "save_qap": "qaprune.storage", "load_qap": "qaprune.storage", "load_qap_into": "qaprune.storage",
     "cluster_model": "qaprune.quant.cluster", "kmeans_1d": "qaprune.quant.cluster",
     "lc_compress": "qaprune.lc",
+    "search": "qaprune.autosearch", "SearchSpec": "qaprune.autosearch",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -41,6 +41,37 @@ def demo(out: Path = typer.Option(Path("demo-out"), "--out", help="Output direct
 
 
 @app.command()
+def search(recipe: Path = typer.Argument(..., help="Recipe with a search: section (YAML or JSON)."),
+           trials: int = typer.Option(..., "--trials", help="Finished trials the study should hold in all "
+                                      "(a rerun resumes up to this number)."),
+           workers: int = typer.Option(1, "--workers", help="Worker processes on this machine."),
+           storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL (default "
+                                                 "sqlite:///OUT/study.db); PostgreSQL for workers on many machines."),
+           out: Optional[Path] = typer.Option(None, "--out", help="Search directory (default runs/<name>-search)."),
+           data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder with datasets."),
+           set_: list[str] = typer.Option([], "--set", help="Override a recipe field: key.path=value."),
+           export_best: Optional[Path] = typer.Option(None, "--export-best", help="Write the Pareto-optimal "
+                                                      "trials' recipes (trial_<n>.yaml) into this folder."),
+           study_name: Optional[str] = typer.Option(None, "--study-name", help="Study name (default: recipe name)."),
+           heartbeat: int = typer.Option(20, "--heartbeat", help="Seconds between a trial's heartbeats; "
+                                         "a trial silent for three times as long is failed and retried."),
+           quiet: bool = typer.Option(False, "--quiet", help="No progress output.")) -> None:
+    """Search the recipe's space with Optuna (TPE, GP, NSGA-II); write the Pareto report."""
+    from qaprune.autosearch.api import search as run_search
+
+    log = None if quiet else (lambda msg: typer.echo(msg, err=True))
+    result = run_search(recipe, trials=trials, workers=workers, storage=storage, out=out, data_dir=data_dir,
+                        overrides=set_, export_best=export_best, study_name=study_name, heartbeat=heartbeat,
+                        log=log)
+    for row in result.pareto:
+        names = ", ".join(f"{k} {row['metrics'][k]:.6g}" for k in ("accuracy", "bops", "size_bytes", "latency_ms")
+                          if k in row["metrics"])
+        typer.echo(f"trial {row['number']}: {names}; {row['params']}")
+    typer.echo(f"{len(result.pareto)} Pareto-optimal of {len(result.trials)} trials; report {result.report}"
+               + (f"; recipes in {export_best}" if export_best is not None else ""))
+
+
+@app.command()
 def measure(target: Path = typer.Argument(..., help="A run directory or its model .safetensors."),
             data_dir: Optional[str] = typer.Option(None, "--data-dir")) -> None:
     """Re-measure a saved model on its recipe's test split; prints the metrics as JSON."""

@@ -14,6 +14,7 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
+from qaprune.autosearch.spec import SearchSpec
 from qaprune.errors import RecipeError
 
 WEIGHT_BITS = (*range(1, 17), 32)  # 1: binary, 2: ternary, 32: float (quant.fake_quant)
@@ -244,6 +245,7 @@ class Recipe(_Strict):
     prune: PruneSpec = PruneSpec()
     train: TrainSpec = TrainSpec()
     layers: dict[str, LayerOverride] = {}
+    search: SearchSpec | None = None   # qaprune search: the space and objectives
 
     @model_validator(mode="after")
     def _cubic_fits(self) -> Recipe:

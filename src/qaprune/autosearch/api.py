@@ -1,0 +1,121 @@
+"""``search(recipe, trials=N)``: the whole search, as ``qaprune search`` runs it.
+
+Prepare (check the space, open or create the study, dense baseline, sparsity bound), run the
+workers until the study holds ``trials`` finished trials, then write the report and export the
+Pareto-optimal recipes. Running it again with the same recipe resumes: finished trials are kept,
+interrupted ones continue from their last checkpoint.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from qaprune.autosearch.bound import BOUND_ATTR, DENSE_ATTR, bound_rows, dense_baseline, sparsity_bound
+from qaprune.autosearch.objectives import Context, SearchError, constraint_bounds
+from qaprune.autosearch.report import export_recipes, pareto_rows, trial_rows, write_search_report
+from qaprune.autosearch.space import check_space, model_layers, spec_of
+from qaprune.autosearch.study import DEFAULT_HEARTBEAT, open_storage, open_study, shown, storage_url
+from qaprune.autosearch.workers import WorkerConfig, counts, run_workers, work
+from qaprune.recipe import Recipe
+
+
+@dataclass
+class SearchResult:
+    """Where the search lives and what it found (rows as in ``trials.json``)."""
+
+    out: Path
+    study_name: str
+    storage: str
+    trials: list[dict]
+    pareto: list[dict]
+    report: Path
+    exported: list[Path] = field(default_factory=list)
+    sparsity_bound: float | None = None
+    dense: dict | None = None
+
+    def load_study(self) -> Any:
+        """The optuna study (e.g. for optuna.visualization)."""
+        import optuna
+
+        return optuna.load_study(study_name=self.study_name, storage=self.storage)
+
+
+def search(recipe: Recipe | str | Path | dict, *, trials: int, workers: int = 1, storage: str | None = None,
+           out: str | Path | None = None, data_dir: str | None = None, overrides: list[str] | None = None,
+           study_name: str | None = None, export_best: str | Path | None = None,
+           heartbeat: int = DEFAULT_HEARTBEAT, log: Callable[[str], None] | None = print) -> SearchResult:
+    """Search the recipe's ``search.space`` until the study holds ``trials`` finished trials.
+
+    ``workers`` processes on this machine share the study (more machines: the same call with
+    one PostgreSQL ``storage``); ``out`` (default ``runs/<name>-search``) holds ``study.db``
+    (default storage), ``trials/<n>/`` run directories and the report; ``export_best`` gets the
+    Pareto-optimal recipes. ``log=None``: quiet.
+
+    Example:
+        >>> r = search("recipes/digits_search.yaml", trials=4, out="/tmp/s")  # doctest: +SKIP
+        >>> [row["metrics"]["accuracy"] for row in r.pareto]                  # doctest: +SKIP
+    """
+    from qaprune.runner import resolve_recipe
+
+    recipe = resolve_recipe(recipe, overrides)
+    quiet, log = log is None, log or (lambda _: None)
+    if trials < 0 or workers < 1 or heartbeat < 1:
+        raise SearchError(f"trials={trials} must be >= 0, workers={workers} >= 1, heartbeat={heartbeat} >= 1")
+    out = Path(out) if out is not None else Path("runs") / f"{recipe.name}-search"
+    name, url = study_name or recipe.name, storage_url(storage, out)
+    study, st, ctx = prepare(recipe, out=out, url=url, name=name, data_dir=data_dir, heartbeat=heartbeat, log=log)
+    cfg = dict(recipe=recipe.to_dict(), out=str(out), storage=url, study_name=name, trials=trials,
+               data_dir=data_dir, heartbeat=heartbeat)
+    if counts(study)[0] < trials:
+        log(f"search {name!r}: {trials} trials, {workers} worker(s), storage {shown(url)}")
+        if workers == 1:
+            work(WorkerConfig(**cfg), log=log)
+        else:
+            _run_processes([WorkerConfig(**cfg, worker=i, quiet=quiet) for i in range(workers)], study, trials)
+    return finish(study, st, ctx, name=name, url=url, export_best=export_best)
+
+
+def prepare(recipe: Recipe, *, out: Path, url: str, name: str, data_dir: str | None, heartbeat: int,
+            log: Callable[[str], None]) -> tuple[Any, Any, Context]:
+    """Check the space, open (or create) the study, run the dense baseline and the sparsity
+    bound when the recipe asks for them; -> (study, storage, trial context)."""
+    import optuna
+
+    spec = spec_of(recipe)
+    check_space(recipe, model_layers(recipe, data_dir))
+    st = open_storage(url, heartbeat=heartbeat)
+    if name not in optuna.study.get_all_study_names(storage=st) and any((out / "trials").glob("*")):
+        raise SearchError(f"{out / 'trials'} holds runs of another search, but storage {shown(url)} has no study "
+                          f"{name!r}; choose another --out, or the storage that search used")
+    study = open_study(st, name, recipe)
+    ctx = Context(recipe, spec, out, data_dir, log=log)
+    ctx.dense = dense_baseline(study, ctx)
+    ctx.bound = sparsity_bound(study, st, ctx, name)
+    return study, st, ctx
+
+
+def _run_processes(cfgs: list[WorkerConfig], study: Any, trials: int) -> None:
+    codes = run_workers(cfgs)
+    bad = {c.worker: code for c, code in zip(cfgs, codes) if code != 0}
+    if bad and counts(study)[0] < trials:
+        raise SearchError(f"worker(s) {', '.join(f'{w} (exit code {c})' for w, c in bad.items())} stopped before "
+                          f"the study held {trials} finished trials (see their messages above); the study is "
+                          "intact: run the same command again to resume")
+
+
+def finish(study: Any, storage: Any, ctx: Context, *, name: str, url: str,
+           export_best: str | Path | None = None) -> SearchResult:
+    """Write the report (and the exported recipes); -> the SearchResult."""
+    attrs = study.user_attrs
+    bounds = constraint_bounds(ctx.spec, attrs.get(DENSE_ATTR))
+    rows = trial_rows(study, ctx.spec, bounds)
+    pareto = pareto_rows(rows, ctx.spec)
+    exported = export_recipes(pareto, ctx.base, export_best) if export_best is not None else []
+    numbers = {r["number"]: p for r, p in zip(pareto, exported)}
+    report = write_search_report(ctx.out, study, ctx.spec, bounds, dense=attrs.get(DENSE_ATTR),
+                                 bound=attrs.get(BOUND_ATTR), bound_runs=bound_rows(storage, name),
+                                 exported=numbers)
+    ctx.log(f"search {name!r}: {sum(r['state'] == 'COMPLETE' for r in rows)} complete trials, "
+            f"{len(pareto)} Pareto-optimal; report {report}")
+    return SearchResult(ctx.out, name, url, rows, pareto, report, exported, attrs.get(BOUND_ATTR), attrs.get(DENSE_ATTR))
