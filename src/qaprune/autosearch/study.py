@@ -26,6 +26,8 @@ from qaprune.recipe import Recipe
 HASH_ATTR, RECIPE_ATTR = "qaprune_recipe_sha256", "qaprune_recipe"
 DEFAULT_HEARTBEAT = 20   # seconds between heartbeats of a running trial
 MAX_RETRY = 3            # a trial whose worker keeps dying is given up after this many retries
+DRIVERS = {"postgresql": "psycopg2-binary (pip install psycopg2-binary)",
+           "mysql": "PyMySQL (pip install pymysql) and write the URL as mysql+pymysql://..."}
 
 
 def storage_url(storage: str | None, out: Path) -> str:
@@ -59,9 +61,9 @@ def open_storage(url: str, *, heartbeat: int | None = DEFAULT_HEARTBEAT) -> Any:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, **_heartbeat_kwargs(heartbeat))
-        except ImportError as exc:
-            raise SearchError(f"--storage {shown(url)}: the database driver is missing ({exc.name or exc}); "
-                              "for PostgreSQL: pip install psycopg2-binary") from None
+        except ImportError:
+            hint = DRIVERS.get(parsed.get_backend_name(), "the SQLAlchemy driver of this database")
+            raise SearchError(f"--storage {shown(url)}: the database driver is missing; install {hint}") from None
         except sqlalchemy.exc.SQLAlchemyError as exc:
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
             raise SearchError(f"--storage {shown(url)}: cannot open the database: {reason}") from None
