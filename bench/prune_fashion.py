@@ -13,7 +13,8 @@ importances pick each group's channels and ``mask_channels`` zeroes them; ``shri
 shrunk == masked), fine-tune
 (``--finetune shrunk``, default: the shrunk model, same function class and gradients as the masked
 one, far cheaper; ``masked``: before shrinking), measure against the dense model after the same
-fine-tuning (or before, if better). PyTorch latency is timed on the deployment form of both models:
+fine-tuning (or before, if better). ``--distill --append`` adds points fine-tuned with the dense
+model as teacher (train.distill) to a finished run. PyTorch latency is timed on the deployment form of both models:
 ``speedup_torch`` with TorchScript (folded batch norms, frozen, ``optimize_for_inference``),
 ``speedup_torch_eager`` in eager mode with folded batch norms; ONNX Runtime folds them itself. Writes bench/results/prune_fashion.json (``--quick``:
 prune_fashion_quick.json).
@@ -84,6 +85,7 @@ class Bench:
     repeats: int                           # timed latency calls per round
     allocation: str = "uniform"            # channel sparsity across groups
     round_to: int = 1                      # kept channels per group: a multiple of this
+    teacher: nn.Module | None = None       # --distill: the dense model, for knowledge distillation
     dense_model: nn.Module | None = None   # plain, eval mode: the paired latency reference
     dense_onnx: Path | None = None
     ref: dict | None = None                # see ``reference``
@@ -208,7 +210,7 @@ def shrink_checked(model: nn.Module, b: Bench) -> tuple[nn.Module, float, dict[s
 def finetune(model: nn.Module, b: Bench) -> float:
     """The shared fine-tuning budget -> training seconds."""
     return fit(model, b.data.x_train, b.data.y_train, b.data.x_val, b.data.y_val, spec=b.ft_spec,
-               seed=b.recipe.seed + 1).train_seconds
+               seed=b.recipe.seed + 1, teacher=b.teacher).train_seconds
 
 
 def state_bytes(model: nn.Module) -> int:
@@ -265,7 +267,8 @@ def run_point(b: Bench, source: str, name: str, sparsity: float) -> dict:
         acc0, ft_s = accuracy_of(shrunk, b.data), finetune(shrunk, b)
     acc, m, size = accuracy_of(shrunk, b.data), macs(shrunk, b), state_bytes(shrunk)
     ms, sp = speedups(shrunk, b, f"{source}-{name}-{sparsity}")
-    return {"criterion": name if source == "qaprune" else f"tp-{name}", "source": source, "sparsity": sparsity,
+    tag = "+kd" if b.teacher is not None else ""
+    return {"criterion": (name if source == "qaprune" else f"tp-{name}") + tag, "source": source, "sparsity": sparsity,
             "accuracy": acc, "accuracy_before_ft": acc0, "accuracy_drop_points": 100.0 * (ref["accuracy"] - acc),
             "macs": m, "flops_reduction": 1.0 - m / ref["macs"], "flops_ratio": ref["macs"] / m, "bytes": size,
             "bytes_ratio": ref["bytes"] / size, "speedup_torch": sp["jit_b64"], "speedup_ort": sp["ort_b64"],
@@ -275,18 +278,34 @@ def run_point(b: Bench, source: str, name: str, sparsity: float) -> dict:
             "finetune_seconds": ft_s}
 
 
-def reference(b: Bench) -> dict:
-    """The dense model: MACs, bytes, latency, ONNX file, its accuracy before and after the same
-    fine-tuning budget, and the accuracy reference: the better of the two (the stricter bound)."""
+def dense_reference_models(b: Bench) -> None:
+    """The paired latency references: the dense model (batch norms folded) and its ONNX file."""
     dense = build_dense(b.recipe, b.data)
     dense.load_state_dict(b.dense_state)
     b.dense_model, b.dense_onnx = fold_batchnorm(copy.deepcopy(dense).eval())[0], b.work / "dense.onnx"
     export_onnx(b.dense_model, b.data.input_shape, str(b.dense_onnx))
+
+
+def reference(b: Bench) -> dict:
+    """The dense model: MACs, bytes, latency, ONNX file, its accuracy before and after the same
+    fine-tuning budget, and the accuracy reference: the better of the two (the stricter bound)."""
+    dense_reference_models(b)
+    dense = build_dense(b.recipe, b.data)
+    dense.load_state_dict(b.dense_state)
     acc0, ft_s = accuracy_of(dense, b.data), finetune(dense, b)
     acc1 = accuracy_of(dense, b.data)
     return {"accuracy": max(acc0, acc1), "accuracy_ft": acc1, "accuracy_no_ft": acc0, "macs": macs(dense, b),
             "bytes": state_bytes(dense), "latency_ms": latencies(b.dense_model, b.dense_onnx, b),
             "finetune_seconds": ft_s}
+
+
+def teacher_of(b: Bench) -> nn.Module:
+    """The dense model, frozen, as the distillation teacher."""
+    dense = build_dense(b.recipe, b.data)
+    dense.load_state_dict(b.dense_state)
+    for p in dense.parameters():
+        p.requires_grad_(False)
+    return dense.eval()
 
 
 def best(points: list[dict]) -> dict | None:
@@ -365,6 +384,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2, help="torch threads for training (latency: 1)")
     ap.add_argument("--repeats", type=int, default=None, help=f"timed calls per round, {ROUNDS} rounds (10)")
     ap.add_argument("--runs-dir", type=Path, default=None)
+    ap.add_argument("--distill", action="store_true",
+                    help="fine-tune with the dense model as teacher (KD: T=4, weight 0.5); criteria get '+kd'")
+    ap.add_argument("--append", action="store_true",
+                    help="add these points to the finished results JSON (same dense reference)")
     ap.add_argument("--allocation", choices=("uniform", "global", "lamp"), default="uniform")
     ap.add_argument("--round-to", type=int, default=1, help="kept channels per group: a multiple of this")
     args = ap.parse_args(argv)
@@ -407,15 +430,45 @@ def main(argv: list[str] | None = None) -> None:
     plan = budget(args, recipe, ft_spec, data)
     state, momentum, info = train_dense(recipe, data, args.runs_dir)
     groups = channel_groups(build_dense(recipe, data).eval(), data.x_test[:2])
+    old = previous(args)
+    if old is not None:
+        plan = {**old["budget"], "appended": [*old["budget"].get("appended", []), appended(args, ft_spec)]}
     with tempfile.TemporaryDirectory() as tmp:
         b = Bench(recipe, data, state, momentum, groups, ft_spec, args.finetune, Path(tmp), args.repeats,
                   args.allocation, args.round_to)
-        b.ref = reference(b)
+        if old is not None:  # the same dense reference as the run appended to
+            dense_reference_models(b)
+            b.ref = {k: v for k, v in old["dense"].items() if k not in ("train_epochs", "train_seconds")}
+        else:
+            b.ref = reference(b)
+        b.teacher = teacher_of(b) if args.distill else None
+        if args.distill:
+            b.ft_spec = TrainSpec(**{**ft_spec.model_dump(), "distill": {"temperature": 4.0, "weight": 0.5}})
         print(f"dense: accuracy {b.ref['accuracy_no_ft']:.4f}, after the fine-tuning budget "
               f"{b.ref['accuracy_ft']:.4f}; MACs {b.ref['macs']:,}; latency ms {b.ref['latency_ms']}", flush=True)
-        points, skipped = run_all(b, args, lambda p, s: save(args, plan, b.ref, info, p, s, complete=False))
+        before = (old["points"], old["skipped"]) if old is not None else ([], [])
+        points, skipped = run_all(b, args, lambda p, s: save(args, plan, b.ref, info, before[0] + p, before[1] + s,
+                                                             complete=False))
+    points, skipped = before[0] + points, before[1] + skipped
     path = save(args, plan, b.ref, info, points, skipped, complete=True)
     report(points, headline(points, b.ref), path)
+
+
+def previous(args: argparse.Namespace) -> dict | None:
+    """With --append: the finished results JSON to add points to (its dense reference is kept)."""
+    if not args.append:
+        return None
+    path = HERE / "results" / ("prune_fashion_quick.json" if args.quick else "prune_fashion.json")
+    old = json.loads(path.read_text()) if path.is_file() else None
+    if old is None or not old.get("complete"):
+        raise SystemExit(f"--append: {path} is missing or incomplete; run the full benchmark first")
+    return old
+
+
+def appended(args: argparse.Namespace, ft: TrainSpec) -> dict:
+    return {"criteria": args.criteria, "torch_pruning": args.tp, "sparsities": args.sparsities,
+            "finetune_epochs": ft.epochs, "distill": {"teacher": "dense", "temperature": 4.0, "weight": 0.5}
+            if args.distill else None}
 
 
 def report(points: list[dict], h: dict, path: Path) -> None:
