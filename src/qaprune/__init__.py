@@ -27,6 +27,7 @@ _EXPORTS = {
     "build_model": "qaprune.models", "load_dataset": "qaprune.data",
     "run_demo": "qaprune.demo",
     "shrink": "qaprune.export", "fold_batchnorm": "qaprune.export.fold", "for_inference": "qaprune.export.fold",
+    "export": "qaprune.export.api",
     "save_qap": "qaprune.storage", "load_qap": "qaprune.storage", "load_qap_into": "qaprune.storage",
     "cluster_model": "qaprune.quant.cluster", "kmeans_1d": "qaprune.quant.cluster",
     "lc_compress": "qaprune.lc",

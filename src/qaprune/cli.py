@@ -107,6 +107,46 @@ def shrink_cmd(run_dir: Path = typer.Argument(..., help="A run directory."),
         typer.echo(f"  not shrunk: {name}: {why}")
 
 
+@app.command("export")
+def export_cmd(run_dir: Path = typer.Argument(..., help="A run directory."),
+               format: str = typer.Option("onnx", "--format", help="onnx | qdq | qonnx | qap."),
+               out: Optional[Path] = typer.Option(None, "--out", help="Output file (default RUN_DIR/model.<format>)."),
+               data_dir: Optional[str] = typer.Option(None, "--data-dir"),
+               samples: int = typer.Option(1024, "--samples", help="Test samples the verification runs on."),
+               shrink: bool = typer.Option(True, "--shrink/--no-shrink", help="Remove pruned channels first."),
+               int4: bool = typer.Option(False, "--int4", help="qdq: weights of at most 4 bits as INT4 (opset 21).")) -> None:
+    """Export the run's model and verify the file against the PyTorch model (fails beyond tolerance)."""
+    from qaprune.export.api import export
+
+    r = export(run_dir, format=format, out=out, data_dir=data_dir, samples=samples, shrink=shrink, int4=int4)
+    v = r.verification
+    typer.echo(f"wrote {r.path} ({r.size_bytes:,} bytes, {r.how}); verification in {r.path.name}.verify.json")
+    typer.echo(f"verified with {v.summary()}")
+    if r.removed:
+        typer.echo(f"  removed channels: {sum(r.removed.values())} in {len(r.removed)} layers")
+    for name, how in r.layers.items():
+        typer.echo(f"  {name}: {how}")
+    integer = {k: n for k, n in v.kernels.items() if k.startswith(("QLinear", "QGemm", "MatMulInteger", "ConvInteger"))}
+    if integer:
+        typer.echo("  integer kernels in ONNX Runtime: " + ", ".join(f"{k} x{n}" for k, n in integer.items()))
+
+
+@app.command("bench-latency")
+def bench_latency_cmd(models: list[Path] = typer.Argument(..., help="Run directories or .onnx files."),
+                      batch: list[int] = typer.Option([1, 256], "--batch", help="Batch sizes."),
+                      threads: list[int] = typer.Option([1, 2], "--threads", help="Thread counts."),
+                      repeats: int = typer.Option(50, "--repeats"), warmup: int = typer.Option(10, "--warmup"),
+                      out: Path = typer.Option(Path("bench_latency.json"), "--out", help="JSON file of all rows."),
+                      data_dir: Optional[str] = typer.Option(None, "--data-dir")) -> None:
+    """Latency and throughput of dense, shrunk and exported models (PyTorch eager, ORT fp32, ORT int8)."""
+    from qaprune.export.bench_latency import bench_latency, format_table
+
+    result = bench_latency(models, batch_sizes=tuple(batch), threads=tuple(threads), repeats=repeats,
+                           warmup=warmup, data_dir=data_dir, out=out)
+    typer.echo(format_table(result["rows"]))
+    typer.echo(f"wrote {out}")
+
+
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of recipes."""

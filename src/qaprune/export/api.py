@@ -1,0 +1,189 @@
+"""``export``: write a run's model as onnx, qdq, qonnx or qap, and verify the file before keeping it.
+
+Every export runs the written file on held-out inputs with the runtime that will read it and
+compares it with the fake-quantized PyTorch model (see ``export.verify``). The file is written
+under a temporary name and renamed only when the verification passes, so a failed export leaves
+nothing behind; the verification is stored beside it as ``<file>.verify.json``.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from qaprune.errors import QapruneError
+from qaprune.export.lower import Unsupported
+from qaprune.export.verify import Verification, VerificationError
+
+FORMATS = ("onnx", "qdq", "qonnx", "qap")
+SUFFIXES = {"onnx": ".onnx", "qdq": ".qdq.onnx", "qonnx": ".qonnx.onnx", "qap": ".qap"}
+_INSTEAD = {"qdq": "--format qonnx (any bit width) or --format onnx (float)",
+            "qonnx": "--format onnx (float, any operation torch.onnx.export handles) or --format qap",
+            "onnx": "--format qap"}
+
+
+@dataclass
+class ExportResult:
+    """``path``: the verified file. ``layers``: how each Linear/Conv was written. ``removed``:
+    output channels physically removed per layer; ``not_shrunk``: layer → why not."""
+
+    path: Path
+    format: str
+    size_bytes: int
+    verification: Verification
+    how: str = ""
+    layers: dict[str, str] = field(default_factory=dict)
+    removed: dict[str, int] = field(default_factory=dict)
+    not_shrunk: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.path.name, "format": self.format, "size_bytes": self.size_bytes,
+                "exported_with": self.how, "verification": self.verification.to_dict(), "layers": self.layers,
+                "removed_channels": self.removed, "not_shrunk": self.not_shrunk}
+
+
+def export(target: str | Path | nn.Module, *, format: str = "onnx", out: str | Path | None = None,
+           x: Tensor | None = None, data_dir: str | None = None, samples: int = 1024, shrink: bool = True,
+           int4: bool = False) -> ExportResult:
+    """Export a run directory (or a model with held-out inputs ``x``) and verify the file.
+
+    format: "onnx" (baked float, pruned channels removed, activation quantizers as float ops),
+    "qdq" (int8 QuantizeLinear/DequantizeLinear with the trained scales; ``int4``: ≤4-bit weights
+    as INT4), "qonnx" (QONNX ``Quant`` nodes, any bit width, batch 1) or "qap" (the compact
+    artifact). out: default ``RUN_DIR/model<suffix>``; required for a model. x (N, ...): the
+    verification inputs (a run uses the first ``samples`` of its test split). Raises
+    ``QapruneError`` when a layer cannot be expressed in the format (naming the layer and a
+    format that can) and ``VerificationError`` when the file does not compute what the model does.
+
+    Example:
+        >>> import tempfile
+        >>> from qaprune.models import build_model
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> m, x = build_model("mlp", input_shape=(16,), num_classes=5).eval(), torch.randn(64, 16)
+        >>> r = export(m, format="onnx", out=Path(tmp.name) / "m.onnx", x=x)
+        >>> r.verification.passed, r.verification.max_abs_diff < 1e-5
+        (True, True)
+        >>> tmp.cleanup()
+    """
+    if format not in FORMATS:
+        raise QapruneError(f"export: format {format!r} is unknown; allowed: {', '.join(FORMATS)}")
+    model, x, default_out, skeleton = _source(target, x, data_dir, samples)
+    if out is None and default_out is None:
+        raise QapruneError("export: out= is needed when exporting a model (not a run directory)")
+    path = Path(out) if out is not None else default_out.with_name(default_out.name + SUFFIXES[format])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        info = _write(format, model, x, tmp, shrink=shrink, int4=int4)
+        check = _verify(format, model, x, tmp, skeleton)
+        if not check.passed:
+            raise VerificationError(f"{format}: the exported file does not compute what the PyTorch model "
+                                    f"computes: {check.summary()}; nothing was written")
+        size = tmp.stat().st_size
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    result = ExportResult(path, format, size, check, **info)
+    from qaprune.io import write_json
+
+    write_json(path.with_name(path.name + ".verify.json"), result.to_dict())
+    return result
+
+
+def _source(target, x: Tensor | None, data_dir: str | None, samples: int
+            ) -> tuple[nn.Module, Tensor, Path | None, Callable[[], nn.Module]]:
+    """(model in eval mode on the CPU, verification inputs, default output stem, a fresh model of
+    the same architecture for loading a .qap into)."""
+    if isinstance(target, nn.Module):
+        if x is None:
+            raise QapruneError("export: x= (held-out inputs for the verification) is needed with a model")
+        model = target.cpu().eval()
+        return model, x.cpu()[:samples], None, lambda: _poisoned(model)
+    from qaprune.runner import build, load_run
+
+    run_dir = Path(target)
+    recipe, data, model = load_run(run_dir, data_dir=data_dir)
+    inputs = (x if x is not None else data.x_test)[:samples].cpu()
+    return model.cpu().eval(), inputs, run_dir / "model", lambda: build(recipe, data, torch.device("cpu"))
+
+
+def _poisoned(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose float tensors are all NaN: only what is loaded into it counts."""
+    skeleton = copy.deepcopy(model)
+    with torch.no_grad():
+        for t in skeleton.state_dict().values():
+            if t.is_floating_point():
+                t.fill_(float("nan"))
+    return skeleton
+
+
+def _write(fmt: str, model: nn.Module, x: Tensor, tmp: Path, *, shrink: bool, int4: bool) -> dict[str, Any]:
+    if fmt == "qap":
+        from qaprune.storage import save_qap
+
+        save_qap(model, tmp, meta={"format": "qap", "exported_by": "qaprune.export"})
+        return {"how": "qaprune.storage.save_qap"}
+    import onnx
+
+    from qaprune.export.lower import lower
+
+    try:
+        low = lower(model, x, shrink=shrink)
+        info: dict[str, Any] = {"removed": low.removed, "not_shrunk": low.not_shrunk}
+        if fmt == "onnx":
+            return {**info, **_float(low, tmp)}
+        if fmt == "qdq":
+            from qaprune.export.qdq import qdq_onnx
+
+            proto, layers = qdq_onnx(low, int4=int4)
+        else:
+            from qaprune.export.qonnx_export import qonnx_model
+
+            proto, layers = qonnx_model(low)
+    except Unsupported as exc:
+        raise QapruneError(f"export --format {fmt}: {exc}; export it with {_INSTEAD[fmt]}") from None
+    onnx.save(proto, str(tmp))
+    how = f"qaprune lowering, opset {proto.opset_import[0].version}"
+    return {**info, "how": how, "layers": layers}
+
+
+def _float(low, tmp: Path) -> dict[str, Any]:
+    import onnx
+
+    from qaprune.export.onnx_export import float_onnx, torch_onnx
+
+    try:
+        proto, layers = float_onnx(low)
+        onnx.save(proto, str(tmp))
+        return {"how": "qaprune lowering, opset 17", "layers": layers}
+    except Unsupported as exc:  # anything torch.onnx can export
+        return {"how": f"torch.onnx.export: {torch_onnx(low, str(tmp))} (qaprune lowering: {exc})"}
+
+
+def _verify(fmt: str, model: nn.Module, x: Tensor, tmp: Path, skeleton: Callable[[], nn.Module]) -> Verification:
+    from qaprune.export import verify as v
+
+    reference = v.torch_outputs(model, x)
+    quantized = v.has_act_quantizers(model)
+    if fmt in ("onnx", "qdq"):
+        import onnxruntime as ort
+
+        check = v.compare(reference, v.ort_outputs(tmp, x), fmt=fmt, runtime=f"onnxruntime {ort.__version__}",
+                          criterion="int8" if fmt == "qdq" else "float", quantized_acts=quantized)
+        check.kernels = v.ort_kernels(tmp)
+        return check
+    if fmt == "qonnx":
+        from importlib.metadata import version
+
+        return v.compare(reference, v.qonnx_outputs(tmp, x), fmt=fmt, runtime=f"qonnx {version('qonnx')} execute_onnx",
+                         criterion="float", quantized_acts=quantized)
+    from qaprune.storage import load_qap_into
+
+    loaded = load_qap_into(skeleton().cpu(), tmp)
+    return v.compare(reference, v.torch_outputs(loaded, x), fmt=fmt, runtime="qaprune load_qap_into (PyTorch)",
+                     criterion="float", quantized_acts=quantized)

@@ -1,0 +1,235 @@
+"""Lowering a compressed model for export: the part the onnx, qdq and qonnx formats share.
+
+``lower`` bakes a copy of the model, physically removes its pruned channels (``shrink``), traces
+it with torch.fx (shapes propagated) and records, per layer, the integer grid of its trained
+weight quantizer: bits and scale, per tensor or per output channel, as the quantizer computes
+it, never recalibrated. ``act_grid`` reads an activation quantizer's step and code range.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, fx, nn
+from torch.nn.utils import parametrize
+
+from qaprune.errors import QapruneError
+from qaprune.quant.activations import QuantInput, QuantReLU
+
+WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+ACT_QUANTS = (QuantReLU, QuantInput)
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+ALIASES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d)
+
+
+class Unsupported(QapruneError):
+    """A layer the chosen format cannot express; ``layer`` names it, ``what`` says why."""
+
+    def __init__(self, layer: str, what: str) -> None:
+        super().__init__(f"layer {layer!r}: {what}")
+        self.layer, self.what = layer, what
+
+
+@dataclass(frozen=True)
+class WeightGrid:
+    """A quantized weight ``w = codes · scale``, integer codes in ``[-qmax, qmax]``.
+    scale: () per tensor or (out,) per output channel (float32)."""
+
+    bits: int
+    scale: Tensor
+    qmax: int
+
+    @property
+    def per_channel(self) -> bool:
+        return self.scale.dim() == 1
+
+    def codes(self, w: Tensor, layer: str) -> Tensor:
+        """Integer codes (float tensor) of the baked weight ``w``; refuses values off the grid."""
+        s = self.scale.reshape(-1, *[1] * (w.dim() - 1)) if self.per_channel else self.scale
+        q = torch.round(w / s)
+        off = float(((q * s - w).abs() / s).max()) if w.numel() else 0.0
+        if off > 1e-3 or (q.numel() and float(q.abs().max()) > self.qmax):
+            raise Unsupported(layer, f"its {self.bits}-bit weights are not on the grid of their quantizer "
+                                     f"(off by {off:.2g} steps); was the model changed after training?")
+        return q
+
+
+@dataclass(frozen=True)
+class ActGrid:
+    """An activation quantizer: ``round(clamp(x, lo·step, hi·step) · inv_step) · step`` (form
+    ``ste``) or ``round(clamp(x / step, lo, hi)) · step`` (``lsq``, a learned step)."""
+
+    bits: int
+    step: float
+    lo: int
+    hi: int
+    form: str
+
+    @property
+    def signed(self) -> bool:
+        return self.lo < 0
+
+
+@dataclass
+class Lowered:
+    """A plain (baked, shrunk) model, its traced graph with shapes, and its quantizer grids."""
+
+    model: nn.Module
+    graph: fx.GraphModule
+    input_shape: tuple[int, ...]
+    weights: dict[str, WeightGrid] = field(default_factory=dict)
+    biases: dict[str, WeightGrid] = field(default_factory=dict)
+    removed: dict[str, int] = field(default_factory=dict)
+    not_shrunk: dict[str, str] = field(default_factory=dict)
+    input_quant: str | None = None  # a QuantInput applied by a forward pre-hook (not in the graph)
+
+
+def lower(model: nn.Module, x: Tensor, *, shrink: bool = True) -> Lowered:
+    """Bake a copy of ``model`` (kept as it is), remove its pruned channels when ``shrink``, trace it.
+    x (N, ...): example inputs (shapes, shrink's check, matching channels).
+
+    Example:
+        >>> from qaprune.models import build_model
+        >>> low = lower(build_model("mlp", input_shape=(16,), num_classes=5).eval(), torch.randn(4, 16))
+        >>> [n.target for n in low.graph.graph.nodes if n.op == "call_module"][:3]
+        ['input_quant', 'flatten', 'fc1']
+    """
+    from qaprune.compress import bake
+    from qaprune.export.shrink import shrink as shrink_model
+
+    model = model.cpu().eval()
+    x = x.cpu()[:64]
+    weights, biases = _grids(model, "weight"), _grids(model, "bias")
+    baked = bake(copy.deepcopy(model)).eval()
+    low = Lowered(baked, None, tuple(x.shape[1:]), weights, biases)  # type: ignore[arg-type]
+    if shrink:
+        res = shrink_model(baked, x, sparse="never", block_diagonal=False)
+        low.model, low.removed, low.not_shrunk = res.model.eval(), res.removed, res.not_shrunk
+        _remap_channels(low, baked, x)
+    low.graph = _trace(low.model, x)
+    quant = getattr(low.model, "input_quant", None)
+    if isinstance(quant, QuantInput) and not any(n.op == "call_module" and n.target == "input_quant"
+                                                 for n in low.graph.graph.nodes):
+        low.input_quant = "input_quant"
+    return low
+
+
+@torch.no_grad()
+def _grids(model: nn.Module, tensor: str) -> dict[str, WeightGrid]:
+    """Per layer, the grid of the last parametrization of ``tensor`` when it is a ``FakeQuant``:
+    its scale is computed from its own input (the masked, clustered, ... weight)."""
+    from qaprune.quant.fake_quant import FakeQuant
+
+    out = {}
+    for name, mod in model.named_modules():
+        if not parametrize.is_parametrized(mod, tensor):
+            continue
+        chain = list(mod.parametrizations[tensor])
+        if not chain or not isinstance(chain[-1], FakeQuant):
+            continue
+        fq, value = chain[-1], mod.parametrizations[tensor].original
+        for p in chain[:-1]:
+            value = p(value)
+        if fq.per_channel and fq.axis != 0:
+            raise Unsupported(name, f"per-channel {tensor} scales along axis {fq.axis} (only 0 is exported)")
+        out[name] = WeightGrid(fq.bits, fq.scale(value).detach().float().cpu().clone(), fq.qmax)
+    return out
+
+
+@torch.no_grad()
+def _remap_channels(low: Lowered, before: nn.Module, x: Tensor) -> None:
+    """Per-channel scales of layers that lost output channels: keep the rows of the channels that
+    remain, found by matching each layer's outputs before and after shrinking (in order)."""
+    names = [n for n, g in low.weights.items() if g.per_channel and
+             low.model.get_submodule(n).weight.shape[0] < g.scale.shape[0]]
+    if not names:
+        return
+    a, b = _outputs(low.model, x, names), _outputs(before, x, names)
+    for name in names:
+        rows = _match_rows(a[name], b[name], name)
+        g = low.weights[name]
+        low.weights[name] = WeightGrid(g.bits, g.scale[rows].clone(), g.qmax)
+
+
+def _outputs(model: nn.Module, x: Tensor, names: list[str]) -> dict[str, Tensor]:
+    """Each named layer's output on ``x`` as (channels, everything else)."""
+    seen: dict[str, Tensor] = {}
+
+    def grab(name: str, dim: int):
+        def hook(_m, _a, out: Tensor) -> None:
+            seen.setdefault(name, out.movedim(dim, 0).reshape(out.shape[dim], -1))
+        return hook
+
+    hooks = [model.get_submodule(n).register_forward_hook(
+        grab(n, -1 if isinstance(model.get_submodule(n), nn.Linear) else 1)) for n in names]
+    try:
+        model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def _match_rows(after: Tensor, before: Tensor, name: str) -> list[int]:
+    tol = 1e-4 * float(before.abs().max().clamp_min(1e-12))
+    rows, i = [], 0
+    for j in range(after.shape[0]):
+        while i < before.shape[0] and float(((after[j] - before[i]).abs() <= tol).float().mean()) < 0.99:
+            i += 1
+        if i == before.shape[0]:
+            raise Unsupported(name, "its output channels after shrinking match none of the original ones "
+                                    "(export with shrink=False)")
+        rows.append(i)
+        i += 1
+    return rows
+
+
+class _Tracer(fx.Tracer):
+    """Activation quantizers and modules without children are leaves: their type decides."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, ACT_QUANTS) or not any(True for _ in m.children()) or \
+            super().is_leaf_module(m, qualname)
+
+
+def _trace(model: nn.Module, x: Tensor) -> fx.GraphModule:
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    try:
+        graph = _Tracer().trace(model)
+    except Exception as exc:  # noqa: BLE001 - dynamic control flow and the like
+        raise Unsupported(type(model).__name__, f"torch.fx cannot trace the model ({exc})") from None
+    gm = fx.GraphModule(model, graph)
+    with torch.no_grad():
+        ShapeProp(gm).propagate(x[:2])
+    return gm
+
+
+def fused(mod: nn.Module, bn: nn.Module | None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """(weight, bias, per-channel factor a) of ``mod`` with ``bn`` folded in, as
+    ``torch.nn.utils.fusion`` computes them; a is None without a batch norm."""
+    w, bias = mod.weight.detach(), None if mod.bias is None else mod.bias.detach()
+    if bn is None:
+        return w, bias, None
+    rsqrt = torch.rsqrt(bn.running_var + bn.eps)
+    gamma = bn.weight.detach() if bn.weight is not None else torch.ones_like(rsqrt)
+    beta = bn.bias.detach() if bn.bias is not None else torch.zeros_like(rsqrt)
+    a = gamma * rsqrt
+    b0 = bias if bias is not None else torch.zeros_like(rsqrt)
+    return w * a.reshape(-1, *[1] * (w.dim() - 1)), (b0 - bn.running_mean) * rsqrt * gamma + beta, a
+
+
+def act_grid(mod: nn.Module, numel: int) -> ActGrid:
+    """The grid of a ``QuantReLU`` / ``QuantInput``; numel: elements per sample at its input
+    (the LSQ gradient factor enters the forward's float rounding of the step)."""
+    lo, hi = (0, mod.levels) if isinstance(mod, QuantReLU) else (mod.qmin, mod.qmax)
+    if not mod.learned:
+        step = mod.step if isinstance(mod, QuantReLU) else float(mod.scale)
+        return ActGrid(mod.act_bits, float(step), lo, hi, "ste")
+    with torch.no_grad():
+        s = mod.scale.detach().abs().clamp_min(1e-8)
+        g = 1.0 / math.sqrt(max(numel, 1) * hi)
+        s = s * g + (s - s * g)
+    return ActGrid(mod.act_bits, float(s), lo, hi, "lsq")

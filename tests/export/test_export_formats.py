@@ -1,0 +1,158 @@
+"""export: every format round-trips an MLP, a CNN and a residual CNN, channel-pruned and quantized
+at several bit widths; the verification numbers are checked, not just printed."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+
+import qaprune
+from qaprune.compress import attach
+from qaprune.export.api import FORMATS, export
+from qaprune.export.lower import lower
+from qaprune.export.verify import ort_outputs, torch_outputs
+from qaprune.models import build_model
+from qaprune.prune import prune_to
+from qaprune.recipe import Recipe
+
+
+def _digits(shape):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.data, dtype=torch.float32).reshape(-1, *shape) / 16
+    return x, torch.tensor(d.target)
+
+
+def make_model(name: str, bits: int, *, act_bits: int | None = None, per_channel: bool = True,
+               learned: bool = False, steps: int = 40, seed: int = 0):
+    """A channel-pruned (50%), quantized model trained for a few steps on digits; (model, test x)."""
+    torch.manual_seed(seed)
+    shape = (64,) if name == "mlp" else (1, 8, 8)
+    x, y = _digits(shape)
+    args = {} if name == "mlp" else {"widths": (8, 16)}
+    model = build_model(name, input_shape=shape, num_classes=10, **args)
+    scale = "learned" if learned else "max"
+    recipe = Recipe(quant={"weight_bits": bits, "act_bits": act_bits or max(bits, 2), "per_channel": per_channel,
+                           "weight_scale": scale, "act_scale": "learned" if learned else "fixed"},
+                    prune={"sparsity": 0.5})
+    attach(model, recipe, sample=x[:1000])
+    prune_to(model, 0.5, structure="channels", example_input=x[:64])
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    model.train()
+    for _ in range(steps):
+        i = torch.randint(0, 1000, (64,))
+        loss = F.cross_entropy(model(x[i]), y[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval(), x[1000:]
+
+
+CASES = [("mlp", 4, True, False), ("mlp", 8, False, False), ("vgg_small", 3, True, False),
+         ("vgg_small", 6, True, True), ("resnet8", 4, True, False), ("resnet8", 2, False, True)]
+
+
+@pytest.fixture(scope="module", params=CASES, ids=lambda c: f"{c[0]}-{c[1]}bit-{'pc' if c[2] else 'pt'}"
+                                                           f"{'-learned' if c[3] else ''}")
+def trained(request):
+    name, bits, per_channel, learned = request.param
+    return (name, bits, *make_model(name, bits, per_channel=per_channel, learned=learned))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_round_trip(trained, fmt, tmp_path):
+    name, bits, model, x = trained
+    out = tmp_path / f"model.{fmt}"
+    before = torch_outputs(model, x)
+    r = export(model, format=fmt, out=out, x=x)
+    v = r.verification
+    assert v.passed and v.samples == len(x) == 797
+    assert v.top1_agreement >= 0.995
+    if fmt != "qdq":                                    # the same function in float arithmetic
+        assert v.within_tolerance >= 0.995 and np.percentile(np.abs(before), 50) > 1e-3
+        assert v.max_abs_diff <= 1e-5 or fmt == "onnx"  # float kernels may round a tie the other way
+    if fmt == "qap":
+        assert v.max_abs_diff == 0.0
+    assert out.is_file() and r.size_bytes == out.stat().st_size
+    stored = json.loads((tmp_path / f"model.{fmt}.verify.json").read_text())
+    assert stored["verification"]["passed"] and stored["verification"]["top1_agreement"] == v.top1_agreement
+    assert np.array_equal(torch_outputs(model, x), before)         # the model itself is untouched
+    if fmt != "qap":
+        assert r.removed and sum(r.removed.values()) > 0              # pruned channels are gone
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_qdq_runs_integer_kernels_with_trained_codes(trained, tmp_path):
+    name, bits, model, x = trained
+    r = export(model, format="qdq", out=tmp_path / "m.qdq.onnx", x=x)
+    integer = sum(n for k, n in r.verification.kernels.items() if k in ("QLinearConv", "QGemm"))
+    assert integer >= 2
+    assert r.verification.kernels.get("Conv", 0) + r.verification.kernels.get("FusedConv", 0) <= \
+        (4 if name == "resnet8" else 0)                           # only convs feeding a residual add
+    graph = onnx.load(str(r.path)).graph
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+    codes = [v for k, v in inits.items() if k.endswith("weight_codes")]
+    assert codes and all(c.dtype == np.int8 for c in codes)
+    if bits <= 4:  # 2..4-bit codes are spread over int8 by an integer factor: the values stay
+        assert all(np.abs(c).max() <= 64 for c in codes)
+    assert all(f"{bits}-bit codes" in how for how in r.layers.values())
+
+
+def test_qonnx_carries_bit_widths_and_trained_scales(trained, tmp_path):
+    name, bits, model, x = trained
+    r = export(model, format="qonnx", out=tmp_path / "m.qonnx.onnx", x=x)
+    graph = onnx.load(str(r.path)).graph
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1        # FINN/hls4ml: batch 1
+    quants = [n for n in graph.node if n.op_type in ("Quant", "BipolarQuant")]
+    assert all(n.domain == "qonnx.custom_op.general" for n in quants)
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+    widths = {float(inits[n.input[3]]) for n in quants if n.op_type == "Quant" and "weight" in n.input[0]}
+    assert widths == {float(max(bits, 2))}
+    low = lower(model, x)
+    grid = low.weights["fc" if name == "resnet8" else "fc1"]
+    scale_name = "fc.weight_scale" if name == "resnet8" else "fc1.weight_scale"
+    assert np.allclose(inits[scale_name].reshape(-1), grid.scale.numpy().reshape(-1))
+
+
+def test_float_onnx_keeps_activation_quantizers(tmp_path):
+    model, x = make_model("vgg_small", 4, steps=10)
+    r = export(model, format="onnx", out=tmp_path / "m.onnx", x=x)
+    ops = [n.op_type for n in onnx.load(str(r.path)).graph.node]
+    assert ops.count("Round") == 1 + 4 + 1          # input, four conv ReLUs, the hidden Linear's ReLU
+    assert "BatchNormalization" not in ops           # folded
+    assert r.verification.max_abs_diff < 1e-4
+    assert np.allclose(ort_outputs(r.path, x[:7]), torch_outputs(model, x[:7]), atol=1e-5)
+
+
+def test_int4_weights(tmp_path):
+    model, x = make_model("mlp", 4, steps=10)
+    r = export(model, format="qdq", out=tmp_path / "m.onnx", x=x, int4=True)
+    proto = onnx.load(str(r.path))
+    assert proto.opset_import[0].version == 21
+    assert {i.data_type for i in proto.graph.initializer if i.name.endswith("weight_codes")} == {onnx.TensorProto.INT4}
+    assert r.verification.passed and r.verification.top1_agreement >= 0.995
+    assert r.verification.mean_abs_diff < 1e-3      # float kernels: only ties round differently
+    assert all("int4" in how and "float kernel" in how for how in r.layers.values())
+
+
+def test_binary_weights(tmp_path):
+    model, x = make_model("mlp", 1, act_bits=4, steps=10)
+    for fmt in ("qdq", "qonnx"):
+        r = export(model, format=fmt, out=tmp_path / f"m.{fmt}", x=x)
+        assert r.verification.passed
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "m.qonnx")).graph.node}
+    assert "Quant" in ops                           # pruned binary weights: codes -1, 0, +1
+
+
+def test_unpruned_model_and_no_shrink(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("mlp", input_shape=(16,), num_classes=5).eval()
+    x = torch.randn(64, 16)
+    r = qaprune.export(model, format="onnx", out=tmp_path / "plain.onnx", x=x, shrink=False)
+    assert r.removed == {} and r.verification.max_abs_diff < 1e-5
+    assert r.verification.tolerance["min_within"] == 1.0  # no activation quantizer: every sample
