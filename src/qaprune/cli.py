@@ -114,11 +114,13 @@ def export_cmd(run_dir: Path = typer.Argument(..., help="A run directory."),
                data_dir: Optional[str] = typer.Option(None, "--data-dir"),
                samples: int = typer.Option(1024, "--samples", help="Test samples the verification runs on."),
                shrink: bool = typer.Option(True, "--shrink/--no-shrink", help="Remove pruned channels first."),
-               int4: bool = typer.Option(False, "--int4", help="qdq: weights of at most 4 bits as INT4 (opset 21).")) -> None:
+               int4: bool = typer.Option(False, "--int4", help="qdq: weights of at most 4 bits as INT4 (opset 21)."),
+               hls4ml: bool = typer.Option(False, "--hls4ml", help="qonnx: also compare hls4ml's C++ emulation.")) -> None:
     """Export the run's model and verify the file against the PyTorch model (fails beyond tolerance)."""
     from qaprune.export.api import export
 
-    r = export(run_dir, format=format, out=out, data_dir=data_dir, samples=samples, shrink=shrink, int4=int4)
+    r = export(run_dir, format=format, out=out, data_dir=data_dir, samples=samples, shrink=shrink, int4=int4,
+               hls4ml=hls4ml)
     v = r.verification
     typer.echo(f"wrote {r.path} ({r.size_bytes:,} bytes, {r.how}); verification in {r.path.name}.verify.json")
     typer.echo(f"verified with {v.summary()}")
@@ -126,6 +128,11 @@ def export_cmd(run_dir: Path = typer.Argument(..., help="A run directory."),
         typer.echo(f"  removed channels: {sum(r.removed.values())} in {len(r.removed)} layers")
     for name, how in r.layers.items():
         typer.echo(f"  {name}: {how}")
+    if r.hls4ml is not None:
+        h = r.hls4ml
+        typer.echo(f"  hls4ml: {h['error']}" if "error" in h else
+                   f"  hls4ml {h['hls4ml']} C++ emulation ({h['precision']}): max |diff| {h['max_abs_diff']:.2e}, "
+                   f"top-1 agreement {h['top1_agreement']:.4f}" + "".join(f"; {w}" for w in h["warnings"]))
     integer = {k: n for k, n in v.kernels.items() if k.startswith(("QLinear", "QGemm", "MatMulInteger", "ConvInteger"))}
     if integer:
         typer.echo("  integer kernels in ONNX Runtime: " + ", ".join(f"{k} x{n}" for k, n in integer.items()))

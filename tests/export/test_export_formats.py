@@ -156,3 +156,26 @@ def test_unpruned_model_and_no_shrink(tmp_path):
     r = qaprune.export(model, format="onnx", out=tmp_path / "plain.onnx", x=x, shrink=False)
     assert r.removed == {} and r.verification.max_abs_diff < 1e-5
     assert r.verification.tolerance["min_within"] == 1.0  # no activation quantizer: every sample
+
+
+class Net(torch.nn.Module):
+    """A user's model: no input_quant slot, so attach quantizes the input with a pre-hook."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = torch.nn.Linear(16, 12), torch.nn.ReLU(), torch.nn.Linear(12, 3)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def test_user_model_with_input_pre_hook(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(128, 16)
+    model = attach(Net(), Recipe(quant={"weight_bits": 5, "act_bits": 5}), sample=x).eval()
+    assert model._forward_pre_hooks
+    for fmt in ("onnx", "qdq", "qonnx"):
+        r = export(model, format=fmt, out=tmp_path / f"m.{fmt}", x=x)
+        assert r.verification.passed and r.verification.top1_agreement == 1.0
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "m.qonnx")).graph.node]
+    assert ops[0] == "Quant" and ops.count("Quant") == 2 + 2      # input, ReLU; two weights

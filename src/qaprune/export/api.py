@@ -40,16 +40,18 @@ class ExportResult:
     layers: dict[str, str] = field(default_factory=dict)
     removed: dict[str, int] = field(default_factory=dict)
     not_shrunk: dict[str, str] = field(default_factory=dict)
+    hls4ml: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"file": self.path.name, "format": self.format, "size_bytes": self.size_bytes,
-                "exported_with": self.how, "verification": self.verification.to_dict(), "layers": self.layers,
-                "removed_channels": self.removed, "not_shrunk": self.not_shrunk}
+        out = {"file": self.path.name, "format": self.format, "size_bytes": self.size_bytes,
+               "exported_with": self.how, "verification": self.verification.to_dict(), "layers": self.layers,
+               "removed_channels": self.removed, "not_shrunk": self.not_shrunk}
+        return out if self.hls4ml is None else {**out, "hls4ml": self.hls4ml}
 
 
 def export(target: str | Path | nn.Module, *, format: str = "onnx", out: str | Path | None = None,
            x: Tensor | None = None, data_dir: str | None = None, samples: int = 1024, shrink: bool = True,
-           int4: bool = False) -> ExportResult:
+           int4: bool = False, hls4ml: bool = False) -> ExportResult:
     """Export a run directory (or a model with held-out inputs ``x``) and verify the file.
 
     format: "onnx" (baked float, pruned channels removed, activation quantizers as float ops),
@@ -59,6 +61,8 @@ def export(target: str | Path | nn.Module, *, format: str = "onnx", out: str | P
     verification inputs (a run uses the first ``samples`` of its test split). Raises
     ``QapruneError`` when a layer cannot be expressed in the format (naming the layer and a
     format that can) and ``VerificationError`` when the file does not compute what the model does.
+    ``hls4ml`` (qonnx only): also convert the file with hls4ml, compile its C++ emulation and
+    record how it compares (informative, see ``verify.hls4ml_check``; tens of seconds).
 
     Example:
         >>> import tempfile
@@ -72,6 +76,8 @@ def export(target: str | Path | nn.Module, *, format: str = "onnx", out: str | P
     """
     if format not in FORMATS:
         raise QapruneError(f"export: format {format!r} is unknown; allowed: {', '.join(FORMATS)}")
+    if hls4ml and format != "qonnx":
+        raise QapruneError(f"export: the hls4ml comparison reads QONNX; use format 'qonnx', not {format!r}")
     model, x, default_out, skeleton = _source(target, x, data_dir, samples)
     if out is None and default_out is None:
         raise QapruneError("export: out= is needed when exporting a model (not a run directory)")
@@ -89,6 +95,10 @@ def export(target: str | Path | nn.Module, *, format: str = "onnx", out: str | P
     finally:
         tmp.unlink(missing_ok=True)
     result = ExportResult(path, format, size, check, **info)
+    if hls4ml and format == "qonnx":
+        from qaprune.export.verify import hls4ml_check, torch_outputs
+
+        result.hls4ml = hls4ml_check(path, x, torch_outputs(model, x))
     from qaprune.io import write_json
 
     write_json(path.with_name(path.name + ".verify.json"), result.to_dict())
@@ -102,7 +112,7 @@ def _source(target, x: Tensor | None, data_dir: str | None, samples: int
     if isinstance(target, nn.Module):
         if x is None:
             raise QapruneError("export: x= (held-out inputs for the verification) is needed with a model")
-        model = target.cpu().eval()
+        model = copy.deepcopy(target).cpu().eval()
         return model, x.cpu()[:samples], None, lambda: _poisoned(model)
     from qaprune.runner import build, load_run
 

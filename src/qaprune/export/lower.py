@@ -87,7 +87,8 @@ class Lowered:
 
 
 def lower(model: nn.Module, x: Tensor, *, shrink: bool = True) -> Lowered:
-    """Bake a copy of ``model`` (kept as it is), remove its pruned channels when ``shrink``, trace it.
+    """Bake a CPU copy of ``model`` (which is not changed), remove its pruned channels when
+    ``shrink``, trace it.
     x (N, ...): example inputs (shapes, shrink's check, matching channels).
 
     Example:
@@ -99,10 +100,10 @@ def lower(model: nn.Module, x: Tensor, *, shrink: bool = True) -> Lowered:
     from qaprune.compress import bake
     from qaprune.export.shrink import shrink as shrink_model
 
-    model = model.cpu().eval()
+    model = copy.deepcopy(model).cpu().eval()
     x = x.cpu()[:64]
     weights, biases = _grids(model, "weight"), _grids(model, "bias")
-    baked = bake(copy.deepcopy(model)).eval()
+    baked = bake(model)
     low = Lowered(baked, None, tuple(x.shape[1:]), weights, biases)  # type: ignore[arg-type]
     if shrink:
         res = shrink_model(baked, x, sparse="never", block_diagonal=False)

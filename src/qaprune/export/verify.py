@@ -14,6 +14,7 @@ fake-quantized PyTorch model in eval mode. Two criteria:
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,9 +100,16 @@ def compare(reference: np.ndarray, exported: np.ndarray, *, fmt: str, runtime: s
 
 @torch.no_grad()
 def torch_outputs(model: nn.Module, x: Tensor, *, batch: int = 256) -> np.ndarray:
-    """The model's outputs on ``x`` (N, ...), in eval mode, on the CPU, as float32 numpy."""
-    model = model.cpu().eval()
-    return torch.cat([model(x[i:i + batch].cpu()) for i in range(0, len(x), batch)]).float().numpy()
+    """The model's outputs on ``x`` (N, ...), in eval mode, on the CPU, as float32 numpy; the
+    model is left as it was (a model on another device is copied)."""
+    if any(t.device.type != "cpu" for t in model.state_dict().values()):
+        model = copy.deepcopy(model).cpu()
+    was_training = model.training
+    model.eval()
+    try:
+        return torch.cat([model(x[i:i + batch].cpu()) for i in range(0, len(x), batch)]).float().numpy()
+    finally:
+        model.train(was_training)
 
 
 def ort_outputs(path: str | Path, x: Tensor, *, batch: int = 256) -> np.ndarray:
@@ -159,3 +167,50 @@ def has_act_quantizers(model: nn.Module) -> bool:
     from qaprune.quant.activations import QuantInput, QuantReLU
 
     return any(isinstance(m, (QuantReLU, QuantInput)) for m in model.modules())
+
+
+def hls4ml_check(path: str | Path, x: Tensor, reference: np.ndarray, *, precision: str = "fixed<16,6>",
+                 backend: str = "Vitis") -> dict[str, Any]:
+    """Convert a QONNX file with hls4ml (after the qonnx clean-up, channels-last and Gemm→MatMul
+    steps its documentation prescribes), compile its bit-accurate C++ emulation with the system's
+    C++ compiler and compare it with ``reference`` (N, ...). Informative: hls4ml's fixed-point
+    ``precision`` is a design choice, so this never fails an export. -> max_abs_diff,
+    top1_agreement, samples, precision, hls4ml version and its warnings; or {"error": ...}."""
+    import contextlib
+    import io
+    import tempfile
+    import warnings
+    from importlib.metadata import version
+
+    try:
+        import hls4ml
+    except ImportError:
+        return {"error": "hls4ml is not installed (pip install hls4ml: h5py, pyyaml, quantizers, "
+                         "pyDigitalWaveTools; no TensorFlow)"}
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.transformation.channels_last import ConvertToChannelsLastAndClean
+    from qonnx.transformation.gemm_to_matmul import GemmToMatMul
+    from qonnx.util.cleanup import cleanup_model
+
+    log = io.StringIO()
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(record=True) as caught, \
+            contextlib.redirect_stdout(log):
+        warnings.simplefilter("always")
+        try:
+            m = cleanup_model(ModelWrapper(str(path)))
+            m = cleanup_model(m.transform(ConvertToChannelsLastAndClean()).transform(GemmToMatMul()))
+            cfg = hls4ml.utils.config.config_from_onnx_model(m, granularity="name", backend=backend,
+                                                              default_precision=precision)
+            hm = hls4ml.converters.convert_from_onnx_model(m, output_dir=tmp, io_type="io_parallel",
+                                                           backend=backend, hls_config=cfg)
+            hm.compile()
+            arr = x.cpu().numpy().astype(np.float32)
+            arr = arr.transpose(0, *range(2, arr.ndim), 1) if arr.ndim > 2 else arr  # channels last
+            out = np.asarray(hm.predict(np.ascontiguousarray(arr)), np.float32).reshape(reference.shape)
+        except Exception as exc:  # noqa: BLE001 - report what hls4ml could not do
+            return {"error": f"{type(exc).__name__}: {exc}"[:300], "hls4ml": version("hls4ml")}
+    noted = sorted({str(w.message) for w in caught if "hls4ml" in (w.filename or "")})
+    check = compare(reference, out, fmt="qonnx", runtime=f"hls4ml {version('hls4ml')} C++ emulation",
+                    criterion="int8")
+    return {"hls4ml": version("hls4ml"), "backend": backend, "precision": precision, "samples": check.samples,
+            "max_abs_diff": check.max_abs_diff, "top1_agreement": check.top1_agreement, "warnings": noted}
