@@ -24,12 +24,19 @@ def _main(args: list[str]) -> int:
     return 0
 
 
-@pytest.mark.parametrize("sampler, objectives, pruner", [
-    ("gp", ["accuracy"], "median"),
-    ("nsga2", ["accuracy", "bops", "size_bytes"], "none"),
+WIDTHS = {"model.args.hidden": {"choices": [[16], [24]]}}       # layer widths, as JSON choices
+PER_LAYER = {"layers.fc1.weight_bits": {"choices": [2, 8]}}      # a per-layer field
+
+
+@pytest.mark.parametrize("sampler, objectives, pruner, extra", [
+    ("gp", ["accuracy"], "median", {"space": WIDTHS, "latency": {"repeats": 3}}),
+    ("nsga2", ["accuracy", "bops", "size_bytes"], "none", {"space": PER_LAYER}),
 ])
-def test_samplers_fill_the_study_and_the_front(tmp_path, sampler, objectives, pruner):
-    res = search(make_recipe(sampler=sampler, objectives=objectives, pruner=pruner), trials=3, out=tmp_path, log=None)
+def test_samplers_fill_the_study_and_the_front(tmp_path, sampler, objectives, pruner, extra):
+    recipe = make_recipe(sampler=sampler, objectives=objectives, pruner=pruner, **{k: v for k, v in extra.items()
+                                                                                   if k != "space"})
+    recipe["search"]["space"].update(extra["space"])
+    res = search(recipe, trials=3, out=tmp_path, log=None)
     done = [r for r in res.trials if r["state"] == "COMPLETE"]
     assert [r["state"] in ("COMPLETE", "PRUNED") for r in res.trials] == [True] * 3  # the median pruner may stop one
     assert len(done) >= 2
@@ -37,7 +44,14 @@ def test_samplers_fill_the_study_and_the_front(tmp_path, sampler, objectives, pr
         assert r["values"] == [r["metrics"][m] for m in objectives]
         assert 0.3 <= r["params"]["prune.sparsity"] <= 0.9 and r["params"]["quant.weight_bits"] in (4, 8)
         assert r["metrics"]["sparsity"] >= r["params"]["prune.sparsity"] - 0.01  # (+ zeros of low-bit rounding)
-        assert (tmp_path / r["run_dir"] / "results.json").is_file()
+        ran = Recipe.load(tmp_path / r["run_dir"] / "recipe.yaml")
+        for key, value in r["params"].items():  # the trial's recipe holds every sampled value
+            section, *path = key.split(".")
+            node = ran.to_dict()[section]
+            for part in (path[:1] + [path[-1]] if section == "layers" else path):
+                node = node[part]
+            assert node == value, key
+        assert ("latency_ms" in r["metrics"]) == ("latency" in extra) and r["metrics"].get("latency_ms", 1) > 0
     directions = ["maximize"] + ["minimize"] * (len(objectives) - 1)
     front = [losses(r["values"], directions) for r in res.pareto]
     assert front and not any(dominates(losses(o["values"], directions), f) for o in done for f in front)
@@ -50,6 +64,20 @@ def test_samplers_fill_the_study_and_the_front(tmp_path, sampler, objectives, pr
     for name in ("search.html", "search_bops.png", "search_size_bytes.png", "search_hypervolume.png",
                  "trials.json", "pareto.json"):
         assert (tmp_path / name).is_file(), name
+    assert (tmp_path / "search_latency_ms.png").is_file() == ("latency" in extra)
+
+
+def test_a_configuration_proposed_again_is_not_run_again(tmp_path):
+    recipe = make_recipe(space={"quant.weight_bits": {"choices": [4, 8]}}, sampler="random")
+    res = search(recipe, trials=3, out=tmp_path, log=None)  # 3 trials of 2 choices: one repeats
+    again = [r for r in res.trials if r["same_as"] is not None]
+    assert again and all(r["state"] == "COMPLETE" for r in res.trials)
+    for r in again:
+        first = res.trials[r["same_as"]]
+        assert r["params"] == first["params"] and r["values"] == first["values"]
+        assert r["run_dir"] == first["run_dir"] and not (tmp_path / "trials" / str(r["number"])).exists()
+    assert all(r["same_as"] is None for r in res.pareto)  # each configuration listed once
+    assert len({r["params"]["quant.weight_bits"] for r in res.pareto}) == len(res.pareto)
 
 
 def test_cli_search_exports_recipes_that_reproduce_and_resumes(tmp_path, capsys):

@@ -21,7 +21,7 @@ from conftest import make_recipe
 from qaprune.autosearch import search
 from qaprune.autosearch.api import prepare
 from qaprune.autosearch.study import storage_url
-from qaprune.autosearch.workers import WorkerConfig, start_workers
+from qaprune.autosearch.workers import WorkerConfig, alive, reap_dead_workers, start_workers
 from qaprune.recipe import Recipe
 
 WAIT = 180.0  # seconds: generous, the first worker waits for the fork server's imports
@@ -106,10 +106,14 @@ def test_killed_and_terminated_workers_are_resumed_from_their_checkpoints(tmp_pa
     first = tmp_path / "trials/0/checkpoints/step_000.safetensors"
     assert _start_and_stop(recipe, tmp_path, 1, 0, signal.SIGKILL) == -signal.SIGKILL
     stamp = first.stat().st_mtime_ns
+    study = optuna.load_study(study_name="s", storage=storage_url(None, tmp_path))
+    [running] = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    worker = {**running.user_attrs["worker"], "host": "another-machine"}  # only its heartbeat can tell
+    study._storage.set_trial_user_attr(running._trial_id, "worker", worker)
     logs: list[str] = []
     search(recipe, trials=1, out=tmp_path, heartbeat=1, log=logs.append)  # resume
-    assert any("trial 0: its worker (pid" in m for m in logs)
-    assert not any(m.startswith("trial 1: step 0:") for m in logs)  # continued, not restarted
+    steps = [int(m.split()[3].rstrip(":")) for m in logs if m.startswith("trial 1: step ")]
+    assert steps and steps[0] >= 1  # the retry continued after the checkpointed rounds
     assert first.stat().st_mtime_ns == stamp
 
     assert _start_and_stop(recipe, tmp_path, 2, 2, signal.SIGTERM) == 130  # queues its trial itself
@@ -122,3 +126,18 @@ def test_killed_and_terminated_workers_are_resumed_from_their_checkpoints(tmp_pa
         history = json.loads((tmp_path / t.user_attrs["run_dir"] / "results.json").read_text())["history"]
         assert [h["step"] for h in history] == list(range(len(history))) and len(history) >= 4
         assert t.params == study.trials[t.number - 1].params
+
+
+def test_trials_of_dead_local_workers_are_queued_again_at_once(tmp_path):
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'x.db'}", study_name="x")
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    mine, theirs = study.ask(), study.ask()
+    for trial, pid, host in ((mine, gone.pid, socket.gethostname()), (theirs, gone.pid, "another-machine")):
+        trial.suggest_float("x", 0, 1)
+        trial.set_user_attr("worker", {"host": host, "pid": pid, "trial": trial.number})
+    logs: list[str] = []
+    assert reap_dead_workers(study, log=logs.append) == [0] and "pid" in logs[0]
+    states = [t.state.name for t in study.trials]
+    assert states == ["FAIL", "RUNNING", "WAITING"] and study.trials[2].params == study.trials[0].params
+    assert reap_dead_workers(study) == [] and alive(os.getpid()) and not alive(gone.pid)

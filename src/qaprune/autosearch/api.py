@@ -16,7 +16,7 @@ from qaprune.autosearch.objectives import Context, SearchError, constraint_bound
 from qaprune.autosearch.report import export_recipes, pareto_rows, trial_rows, write_search_report
 from qaprune.autosearch.space import check_space, model_layers, spec_of
 from qaprune.autosearch.study import DEFAULT_HEARTBEAT, open_storage, open_study, shown, storage_url
-from qaprune.autosearch.workers import WorkerConfig, counts, run_workers, work
+from qaprune.autosearch.workers import WorkerConfig, counts, run_workers, threads_per_worker, work
 from qaprune.recipe import Recipe
 
 
@@ -50,11 +50,16 @@ def search(recipe: Recipe | str | Path | dict, *, trials: int, workers: int = 1,
     ``workers`` processes on this machine share the study (more machines: the same call with
     one PostgreSQL ``storage``); ``out`` (default ``runs/<name>-search``) holds ``study.db``
     (default storage), ``trials/<n>/`` run directories and the report; ``export_best`` gets the
-    Pareto-optimal recipes. ``log=None``: quiet.
+    Pareto-optimal recipes. ``log=None``: quiet. With ``workers > 1`` in a script, call it
+    under ``if __name__ == "__main__":``, as any multiprocessing code (the workers import the
+    main module).
 
-    Example:
-        >>> r = search("recipes/digits_search.yaml", trials=4, out="/tmp/s")  # doctest: +SKIP
-        >>> [row["metrics"]["accuracy"] for row in r.pareto]                  # doctest: +SKIP
+    Example (a few seconds per trial on a CPU):
+        >>> recipe = {"data": {"name": "digits"}, "train": {"epochs": 2},
+        ...           "search": {"space": {"prune.sparsity": {"low": 0.5, "high": 0.9},
+        ...                                "quant.weight_bits": {"choices": [4, 8]}}}}
+        >>> r = search(recipe, trials=4, out="/tmp/qap-search", log=None)  # doctest: +SKIP
+        >>> [row["params"] for row in r.pareto]                            # doctest: +SKIP
     """
     from qaprune.runner import resolve_recipe
 
@@ -72,7 +77,9 @@ def search(recipe: Recipe | str | Path | dict, *, trials: int, workers: int = 1,
         if workers == 1:
             work(WorkerConfig(**cfg), log=log)
         else:
-            _run_processes([WorkerConfig(**cfg, worker=i, quiet=quiet) for i in range(workers)], study, trials)
+            cfgs = [WorkerConfig(**cfg, worker=i, quiet=quiet, threads=None if recipe.train.threads else
+                                 threads_per_worker(workers)) for i in range(workers)]
+            _run_processes(cfgs, study, trials)
     return finish(study, st, ctx, name=name, url=url, export_best=export_best)
 
 

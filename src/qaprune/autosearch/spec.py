@@ -153,7 +153,9 @@ class ConstraintSpec(_Strict):
 
 class LatencySpec(_Strict):
     """How ``latency_ms`` is measured: the trial's model baked, pruned channels removed, batch
-    norms folded; median of ``repeats`` calls at this batch size and thread count."""
+    norms folded; median of ``repeats`` calls at this batch size and thread count. Workers that
+    share a machine time each other's load too: for latency objectives use one worker per
+    machine, or cores enough for every worker."""
 
     batch: int = 1
     threads: int = 1

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import inspect
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -57,16 +58,21 @@ def open_storage(url: str, *, heartbeat: int | None = DEFAULT_HEARTBEAT) -> Any:
         raise SearchError(f"--storage {url!r}: not a database URL; e.g. sqlite:///study.db or "
                           "postgresql://user:password@host/db") from None
     kwargs = _engine_kwargs(parsed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, **_heartbeat_kwargs(heartbeat))
-        except ImportError:
-            hint = DRIVERS.get(parsed.get_backend_name(), "the SQLAlchemy driver of this database")
-            raise SearchError(f"--storage {shown(url)}: the database driver is missing; install {hint}") from None
-        except sqlalchemy.exc.SQLAlchemyError as exc:
-            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-            raise SearchError(f"--storage {shown(url)}: cannot open the database: {reason}") from None
+    for attempt in range(3):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            try:
+                return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, **_heartbeat_kwargs(heartbeat))
+            except ImportError:
+                hint = DRIVERS.get(parsed.get_backend_name(), "the SQLAlchemy driver of this database")
+                raise SearchError(f"--storage {shown(url)}: the database driver is missing; install {hint}") from None
+            except sqlalchemy.exc.SQLAlchemyError as exc:
+                reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+                if "already exists" in reason and attempt < 2:  # another process created the tables first
+                    time.sleep(1.0)
+                    continue
+                raise SearchError(f"--storage {shown(url)}: cannot open the database: {reason}") from None
+    raise AssertionError("unreachable")
 
 
 def _engine_kwargs(parsed: Any) -> dict[str, Any]:

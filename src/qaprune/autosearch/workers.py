@@ -54,6 +54,7 @@ class WorkerConfig:
     worker: int = 0
     quiet: bool = False
     max_failures: int = 3  # trials in a row that may fail before the worker gives up
+    threads: int | None = None  # torch threads of this worker (None: torch's default)
 
 
 def work(cfg: WorkerConfig, *, log: Callable[[str], None] = print) -> int:
@@ -195,6 +196,10 @@ def worker_main(cfg: WorkerConfig) -> None:
         if not cfg.quiet:
             print(f"{prefix} {msg}", file=sys.stderr, flush=True)
 
+    if cfg.threads:  # K workers share the cores instead of each taking all of them
+        import torch
+
+        torch.set_num_threads(cfg.threads)
     try:
         work(cfg, log=log)
     except QapruneError as exc:
@@ -217,6 +222,12 @@ def start_workers(cfgs: list[WorkerConfig]) -> list[Any]:
     for p in procs:
         p.start()
     return procs
+
+
+def threads_per_worker(workers: int) -> int:
+    """This process's usable cores shared out among ``workers`` (at least one each)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // workers)
 
 
 def run_workers(cfgs: list[WorkerConfig]) -> list[int]:
