@@ -144,3 +144,27 @@ def test_needs_inputs_and_output_for_a_model(tmp_path):
         export(model, format="onnx", x=x)
     with pytest.raises(QapruneError, match="allowed: onnx, qdq, qonnx, qap"):
         export(model, format="tflite", out=tmp_path / "m", x=x)
+
+
+def test_teacher_forced_check_tells_ties_from_wrong_codes():
+    from qaprune.export.verify import forced_check
+    from qaprune.quant.activations import QuantReLU
+
+    model = nn.Sequential(nn.Identity(), QuantReLU(4, max_value=1.5), nn.Linear(3, 2)).eval()
+    step = 0.1
+    x = torch.tensor([[0.25, 0.73, 1.01], [0.4, 0.05, 0.9]])         # 0.25 = 2.5 steps: a tie
+
+    def run(flip_at):
+        def go(xb):
+            acts = model[1](xb).clone()
+            acts[flip_at] += step                                        # the file rounded up there
+            return model[2](acts).numpy(), {"act": acts.numpy()}
+        return go
+
+    ok = forced_check(model, x, run((0, 0)), {"1": "act"}, {})
+    assert ok["ties"] == 1 and ok["unexplained"] == 0 and ok["within"] == 1.0 and ok["codes"] == 6
+    bad = forced_check(model, x, run((1, 2)), {"1": "act"}, {})       # 0.9 = 9 steps: no tie
+    assert bad["unexplained"] == 1
+    wrong_tail = forced_check(model, x, lambda xb: (model(xb).numpy() + 1e-3, {"act": model[1](xb).numpy()}),
+                              {"1": "act"}, {})
+    assert wrong_tail["within"] == 0.0 and wrong_tail["unexplained"] == 0

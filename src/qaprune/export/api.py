@@ -86,7 +86,7 @@ def export(target: str | Path | nn.Module, *, format: str = "onnx", out: str | P
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         info = _write(format, model, x, tmp, shrink=shrink, int4=int4)
-        check = _verify(format, model, x, tmp, skeleton)
+        check = _verify(format, model, x, tmp, skeleton, info.pop("act_keep", None))
         if not check.passed:
             raise VerificationError(f"{format}: the exported file does not compute what the PyTorch model "
                                     f"computes: {check.summary()}; nothing was written")
@@ -144,7 +144,7 @@ def _write(fmt: str, model: nn.Module, x: Tensor, tmp: Path, *, shrink: bool, in
 
     try:
         low = lower(model, x, shrink=shrink)
-        info: dict[str, Any] = {"removed": low.removed, "not_shrunk": low.not_shrunk}
+        info: dict[str, Any] = {"removed": low.removed, "not_shrunk": low.not_shrunk, "act_keep": low.act_keep}
         if fmt == "onnx":
             return {**info, **_float(low, tmp)}
         if fmt == "qdq":
@@ -172,28 +172,35 @@ def _float(low, tmp: Path) -> dict[str, Any]:
         onnx.save(proto, str(tmp))
         return {"how": "qaprune lowering, opset 17", "layers": layers}
     except Unsupported as exc:  # anything torch.onnx can export
-        return {"how": f"torch.onnx.export: {torch_onnx(low, str(tmp))} (qaprune lowering: {exc})"}
+        return {"how": f"torch.onnx.export: {torch_onnx(low, str(tmp))} (qaprune lowering: {exc})",
+                "act_keep": None}
 
 
-def _verify(fmt: str, model: nn.Module, x: Tensor, tmp: Path, skeleton: Callable[[], nn.Module]) -> Verification:
+def _verify(fmt: str, model: nn.Module, x: Tensor, tmp: Path, skeleton: Callable[[], nn.Module],
+            keep: dict[str, Tensor] | None) -> Verification:
     from qaprune.export import verify as v
 
     reference = v.torch_outputs(model, x)
     quantized = v.has_act_quantizers(model)
-    if fmt in ("onnx", "qdq"):
-        import onnxruntime as ort
+    if fmt == "qap":
+        from qaprune.storage import load_qap_into
 
-        check = v.compare(reference, v.ort_outputs(tmp, x), fmt=fmt, runtime=f"onnxruntime {ort.__version__}",
-                          criterion="int8" if fmt == "qdq" else "float", quantized_acts=quantized)
-        check.kernels = v.ort_kernels(tmp)
-        return check
+        loaded = load_qap_into(skeleton().cpu(), tmp)
+        return v.compare(reference, v.torch_outputs(loaded, x), fmt=fmt, runtime="qaprune load_qap_into (PyTorch)",
+                         criterion="float")  # the same kernels on the same values: no tie can differ
     if fmt == "qonnx":
         from importlib.metadata import version
 
-        return v.compare(reference, v.qonnx_outputs(tmp, x), fmt=fmt, runtime=f"qonnx {version('qonnx')} execute_onnx",
-                         criterion="float", quantized_acts=quantized)
-    from qaprune.storage import load_qap_into
+        runtime, values = f"qonnx {version('qonnx')} execute_onnx", v.qonnx_values
+    else:
+        import onnxruntime as ort
 
-    loaded = load_qap_into(skeleton().cpu(), tmp)
-    return v.compare(reference, v.torch_outputs(loaded, x), fmt=fmt, runtime="qaprune load_qap_into (PyTorch)",
-                     criterion="float", quantized_acts=quantized)
+        runtime, values = f"onnxruntime {ort.__version__}", v.ort_values
+    taps = v.taps_of(tmp) if quantized and fmt != "qdq" and keep is not None else {}
+    forced = v.forced_check(model, x, values(tmp, list(taps.values())), taps, keep) if taps else None
+    exported = v.ort_outputs(tmp, x) if fmt != "qonnx" else values(tmp, [])(x)[0]
+    check = v.compare(reference, exported, fmt=fmt, runtime=runtime, criterion="int8" if fmt == "qdq" else "float",
+                      quantized_acts=quantized, forced=forced)
+    if fmt != "qonnx":
+        check.kernels = v.ort_kernels(tmp)
+    return check

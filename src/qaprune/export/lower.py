@@ -84,6 +84,8 @@ class Lowered:
     removed: dict[str, int] = field(default_factory=dict)
     not_shrunk: dict[str, str] = field(default_factory=dict)
     input_quant: str | None = None  # a QuantInput applied by a forward pre-hook (not in the graph)
+    act_keep: dict[str, Tensor] | None = field(default_factory=dict)  # act quantizer → original indices
+    #   of the input channels it still has after shrinking (only those that lost some; None: unknown)
 
 
 def lower(model: nn.Module, x: Tensor, *, shrink: bool = True) -> Lowered:
@@ -106,9 +108,14 @@ def lower(model: nn.Module, x: Tensor, *, shrink: bool = True) -> Lowered:
     baked = bake(model)
     low = Lowered(baked, None, tuple(x.shape[1:]), weights, biases)  # type: ignore[arg-type]
     if shrink:
-        res = shrink_model(baked, x, sparse="never", block_diagonal=False)
-        low.model, low.removed, low.not_shrunk = res.model.eval(), res.removed, res.not_shrunk
-        _remap_channels(low, baked, x)
+        try:
+            res = shrink_model(baked, x, sparse="never", block_diagonal=False)
+        except Exception as exc:  # noqa: BLE001 - an architecture the dependency graph cannot handle
+            low.not_shrunk = {"(model)": f"shrink failed, exported unshrunk: {type(exc).__name__}: {exc}"[:300]}
+        else:
+            low.model, low.removed, low.not_shrunk = res.model.eval(), res.removed, res.not_shrunk
+            _remap_channels(low, baked, x)
+            low.act_keep = _act_channels(low.model, baked, x)
     low.graph = _trace(low.model, x)
     quant = getattr(low.model, "input_quant", None)
     if isinstance(quant, QuantInput) and not any(n.op == "call_module" and n.target == "input_quant"
@@ -147,24 +154,42 @@ def _remap_channels(low: Lowered, before: nn.Module, x: Tensor) -> None:
              low.model.get_submodule(n).weight.shape[0] < g.scale.shape[0]]
     if not names:
         return
-    a, b = _outputs(low.model, x, names), _outputs(before, x, names)
+    a, b = _channels(low.model, x, names), _channels(before, x, names)
     for name in names:
         rows = _match_rows(a[name], b[name], name)
         g = low.weights[name]
         low.weights[name] = WeightGrid(g.bits, g.scale[rows].clone(), g.qmax)
 
 
-def _outputs(model: nn.Module, x: Tensor, names: list[str]) -> dict[str, Tensor]:
-    """Each named layer's output on ``x`` as (channels, everything else)."""
+@torch.no_grad()
+def _act_channels(after: nn.Module, before: nn.Module, x: Tensor) -> dict[str, Tensor] | None:
+    """Per activation quantizer that lost input channels, the original indices of those left
+    (matching its inputs before and after shrinking); None when they cannot be matched."""
+    names = [n for n, m in after.named_modules() if isinstance(m, ACT_QUANTS)]
+    a, b = _channels(after, x, names, inputs=True), _channels(before, x, names, inputs=True)
+    try:
+        return {n: torch.tensor(_match_rows(a[n], b[n], n)) for n in names
+                if n in a and n in b and a[n].shape[0] < b[n].shape[0]}
+    except Unsupported:
+        return None
+
+
+def _channels(model: nn.Module, x: Tensor, names: list[str], *, inputs: bool = False) -> dict[str, Tensor]:
+    """Each named module's output (or input) on ``x`` as (channels, everything else); channels
+    are dimension 1 of (N, C, ...)."""
     seen: dict[str, Tensor] = {}
 
-    def grab(name: str, dim: int):
-        def hook(_m, _a, out: Tensor) -> None:
-            seen.setdefault(name, out.movedim(dim, 0).reshape(out.shape[dim], -1))
-        return hook
+    def keep(name: str, t: Tensor) -> None:
+        seen.setdefault(name, t.movedim(1, 0).reshape(t.shape[1], -1))
 
-    hooks = [model.get_submodule(n).register_forward_hook(
-        grab(n, -1 if isinstance(model.get_submodule(n), nn.Linear) else 1)) for n in names]
+    def grab(name: str):
+        if inputs:
+            return lambda _m, args: keep(name, args[0])
+        return lambda _m, _a, out: keep(name, out)
+
+    mods = [model.get_submodule(n) for n in names]
+    hooks = [m.register_forward_pre_hook(grab(n)) if inputs else m.register_forward_hook(grab(n))
+             for n, m in zip(names, mods)]
     try:
         model(x)
     finally:

@@ -14,6 +14,7 @@ the in-place rounding of the activation quantizers and silently exports a differ
 """
 from __future__ import annotations
 
+import json
 import math
 import operator
 from dataclasses import dataclass
@@ -29,13 +30,16 @@ from qaprune.export.lower import (ACT_QUANTS, ALIASES, BATCHNORMS, WEIGHT_LAYERS
 from qaprune.quant.activations import QuantReLU
 
 
+TAPS_KEY = "qaprune.activation_quantizers"  # model property: JSON, quantizer module → its output value
+
+
 class GraphBuilder:
     """Nodes and initializers of one ONNX graph, with unique value names."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, reserved: tuple[str, ...] = ("input", "output")) -> None:
         self.nodes: list = []
         self.inits: list[TensorProto] = []
-        self._used: set[str] = set()
+        self._used: set[str] = set(reserved)  # the graph's input and output names
 
     def name(self, base: str) -> str:
         base, n = base.replace("/", "."), 0
@@ -114,6 +118,7 @@ class _Walk:
         self.values: dict[fx.Node, str] = {}
         self.grids: dict[str, ActGrid] = {}
         self.folded: set[fx.Node] = set()
+        self.taps: dict[str, str] = {}  # activation quantizer → the value its output is
 
     def run(self, name: str) -> ModelProto:
         out = None
@@ -124,28 +129,31 @@ class _Walk:
                 getattr(self, f"_{node.op}")(node)
         if not isinstance(out, fx.Node):
             raise Unsupported("output", "the model must return a single tensor")
-        result = self._rename(self.values[out], "output")
-        shape = lambda n: [self.batch, *n.meta["tensor_meta"].shape[1:]]  # noqa: E731
+        if self.values[out] == "input":
+            raise Unsupported("output", "the model returns its input")
+        self._rename(self.values[out], "output")
         inp = next(n for n in self.low.graph.graph.nodes if n.op == "placeholder")
-        graph = helper.make_graph(self.b.nodes, name, [helper.make_tensor_value_info(
-            "input", TensorProto.FLOAT, shape(inp))], [helper.make_tensor_value_info(
-                result, TensorProto.FLOAT, shape(out))], self.b.inits)
+        graph = helper.make_graph(self.b.nodes, name, [self._info("input", inp)], [self._info("output", out)],
+                                  self.b.inits)
         opsets = [helper.make_opsetid("", self.em.opset)] + [helper.make_opsetid(d, v) for d, v in
                                                              self.em.domains.items()]
         model = helper.make_model(graph, opset_imports=opsets, producer_name="qaprune")
         model.ir_version = 10 if self.em.opset >= 21 else 8
+        helper.set_model_props(model, {TAPS_KEY: json.dumps(self.taps, separators=(",", ":"))})
         return model
 
-    def _rename(self, value: str, new: str) -> str:
+    def _info(self, value: str, node: fx.Node):
+        return helper.make_tensor_value_info(value, TensorProto.FLOAT, [self.batch, *node.meta["tensor_meta"].shape[1:]])
+
+    def _rename(self, value: str, new: str) -> None:
         for n in self.b.nodes:
             n.output[:] = [new if o == value else o for o in n.output]
             n.input[:] = [new if i == value else i for i in n.input]
-        return new
+        self.taps = {k: new if v == value else v for k, v in self.taps.items()}
 
     def _placeholder(self, node: fx.Node) -> None:
         if self.values:
             raise Unsupported(node.name, "models with more than one input are not exported")
-        self.b._used.add("input")
         self.values[node] = "input"
         if self.low.input_quant:
             mod = self.low.model.get_submodule(self.low.input_quant)
@@ -169,6 +177,7 @@ class _Walk:
     def _act(self, x: str, mod: nn.Module, name: str, numel: int) -> str:
         y, grid = self.em.act(self.b, x, act_grid(mod, numel), name, isinstance(mod, QuantReLU))
         self.grids[y] = grid
+        self.taps[name] = y
         return y
 
     # ---- modules -------------------------------------------------------------------------
