@@ -110,7 +110,8 @@ def shrink_cmd(run_dir: Path = typer.Argument(..., help="A run directory."),
 @app.command("export")
 def export_cmd(run_dir: Path = typer.Argument(..., help="A run directory."),
                format: str = typer.Option("onnx", "--format", help="onnx | qdq | qonnx | qap."),
-               out: Optional[Path] = typer.Option(None, "--out", help="Output file (default RUN_DIR/model.<format>)."),
+               out: Optional[Path] = typer.Option(
+                   None, "--out", help="Output file (default RUN_DIR/model.onnx, .qdq.onnx, .qonnx.onnx, .qap)."),
                data_dir: Optional[str] = typer.Option(None, "--data-dir"),
                samples: int = typer.Option(1024, "--samples", help="Test samples the verification runs on."),
                shrink: bool = typer.Option(True, "--shrink/--no-shrink", help="Remove pruned channels first."),

@@ -58,8 +58,9 @@ class WeightGrid:
 
 @dataclass(frozen=True)
 class ActGrid:
-    """An activation quantizer: ``round(clamp(x, lo·step, hi·step) · inv_step) · step`` (form
-    ``ste``) or ``round(clamp(x / step, lo, hi)) · step`` (``lsq``, a learned step)."""
+    """An activation quantizer: ``round(clamp(x, lo·step, hi·step) · (1/step)) · step`` (form
+    ``ste``, as ``quantize_ste``) or ``round(clamp(x / step, lo, hi)) · step`` (``lsq``, a learned
+    step, as ``quantize_lsq``); integer codes ``lo..hi``."""
 
     bits: int
     step: float
