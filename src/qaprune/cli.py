@@ -116,7 +116,8 @@ def export_cmd(run_dir: Path = typer.Argument(..., help="A run directory."),
                samples: int = typer.Option(1024, "--samples", help="Test samples the verification runs on."),
                shrink: bool = typer.Option(True, "--shrink/--no-shrink", help="Remove pruned channels first."),
                int4: bool = typer.Option(False, "--int4", help="qdq: weights of at most 4 bits as INT4 (opset 21)."),
-               hls4ml: bool = typer.Option(False, "--hls4ml", help="qonnx: also compare hls4ml's C++ emulation.")) -> None:
+               hls4ml: bool = typer.Option(False, "--hls4ml", help="qonnx: also compare hls4ml's C++ emulation.")
+               ) -> None:
     """Export the run's model and verify the file against the PyTorch model (fails beyond tolerance)."""
     from qaprune.export.api import export
 

@@ -81,7 +81,8 @@ def test_corrupted_export_fails_and_leaves_no_file(tmp_path, monkeypatch, fmt, m
     before = good.path.read_bytes()
     real = getattr(module, fn)
     monkeypatch.setattr(module, fn, lambda *a, **k: (lambda p, n: (_corrupt(p, suffix), n))(*real(*a, **k)))
-    with pytest.raises(VerificationError, match=rf"{fmt}: the exported file does not compute .*FAILED.*nothing was written"):
+    failed = rf"{fmt}: the exported file does not compute .*FAILED.*nothing was written"
+    with pytest.raises(VerificationError, match=failed):
         export(model, format=fmt, out=tmp_path / "new", x=x)
     with pytest.raises(VerificationError):
         export(model, format=fmt, out=tmp_path / "old", x=x)

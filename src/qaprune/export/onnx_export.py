@@ -143,7 +143,8 @@ class _Walk:
         return model
 
     def _info(self, value: str, node: fx.Node):
-        return helper.make_tensor_value_info(value, TensorProto.FLOAT, [self.batch, *node.meta["tensor_meta"].shape[1:]])
+        shape = [self.batch, *node.meta["tensor_meta"].shape[1:]]
+        return helper.make_tensor_value_info(value, TensorProto.FLOAT, shape)
 
     def _rename(self, value: str, new: str) -> None:
         for n in self.b.nodes:

@@ -55,7 +55,8 @@ class QdqEmitter(Emitter):
         kernel = not int4 and site.x_grid is not None and (site.y_grid is not None or isinstance(site.mod, nn.Linear))
         if kernel:
             codes, scale = _spread(codes, scale)
-        how = f"{grid.bits}-bit codes in {'int4' if int4 else 'int8'}, {'per-channel' if scale.dim() else 'per-tensor'} scale"
+        how = f"{grid.bits}-bit codes in {'int4' if int4 else 'int8'}, " \
+              f"{'per-channel' if scale.dim() else 'per-tensor'} scale"
         w_name = self._weights(b, name, codes, scale, int4)
         if bias is None or not kernel:
             self.notes[name] = how + ("" if bias is None else ", float bias") + ("" if kernel else ", float kernel")
