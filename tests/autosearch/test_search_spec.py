@@ -99,3 +99,17 @@ def test_dense_recipe_and_hash():
     assert (dense.quant.weight_bits, dense.prune.sparsity, dense.layers, dense.search) == (32, 0.0, {}, None)
     assert recipe_hash(base) == recipe_hash(Recipe.parse(base.to_dict()))  # what a worker re-parses
     assert recipe_hash(base) != recipe_hash(base.override(["train.epochs=2"]))
+
+
+def test_the_documented_search_section_is_valid():
+    import textwrap
+
+    import yaml
+
+    from qaprune.autosearch import spec as spec_module
+    from qaprune.autosearch.space import model_layers
+
+    section = yaml.safe_load(textwrap.dedent(spec_module.__doc__.split("::")[1].split("\n\nExample")[0]))
+    recipe = Recipe.parse({"data": {"name": "digits"}, **section})
+    check_space(recipe, model_layers(recipe))
+    assert recipe.search.sampler == "nsga2" and len(recipe.search.space) == 6

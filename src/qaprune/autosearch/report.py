@@ -144,9 +144,8 @@ def plot_progress(rows: list[dict], spec: SearchSpec, path: Path) -> Path | None
 def _table_rows(pareto: list[dict], spec: SearchSpec, exported: dict[int, Path]) -> list[dict]:
     out = []
     for r in pareto:
-        row: dict[str, Any] = {"trial": r["number"]}
-        row.update({f"{m} (objective)": v for m, v in zip(spec.metrics, r["values"])})
-        row.update({k: r["metrics"].get(k) for k in TABLE_METRICS if k in r["metrics"]})
+        row: dict[str, Any] = {"trial": r["number"], **dict(zip(spec.metrics, r["values"]))}
+        row.update({k: r["metrics"][k] for k in TABLE_METRICS if k in r["metrics"] and k not in row})
         row.update({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in r["params"].items()})
         row["recipe"] = exported[r["number"]].name if r["number"] in exported else None
         row["run"] = r["run_dir"]

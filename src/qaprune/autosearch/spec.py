@@ -1,6 +1,23 @@
 """The ``search:`` section of a recipe: what to vary, what to optimize, under which constraints.
 
 Only pydantic here (no optuna, no torch), so that ``qaprune.recipe`` can import it cheaply.
+A recipe's search section, in YAML::
+
+    search:
+      space:                                   # recipe field path -> choices or a range
+        prune.sparsity: {low: 0.5, high: 0.95}
+        prune.criterion: {choices: [magnitude, taylor]}
+        quant.weight_bits: {low: 2, high: 8}   # integer ends: an integer range
+        layers.fc1.weight_bits: {choices: [4, 6, 8]}
+        layers.fc*.act_bits: {choices: [4, 8]}
+        model.args.hidden: {choices: [[64, 32], [32, 32]]}
+      objectives: [accuracy, bops]             # or {metric: size_bytes, direction: minimize}
+      constraints:
+        - {metric: accuracy, min: -0.005, reference: dense}   # at most 0.5 points below dense
+      sampler: nsga2                           # tpe (default), gp, nsga2, random
+      pruner: threshold                        # none, median, hyperband, threshold
+      sparsity_bound: {trials: 5}              # Condensa: bisect the highest feasible sparsity first
+      latency: {batch: 1, threads: 1}          # measure latency_ms for every trial
 
 Example:
     >>> spec = SearchSpec(space={"prune.sparsity": {"low": 0.5, "high": 0.95},
