@@ -64,12 +64,12 @@ def sparsity_bound(study: Any, storage: Any, ctx: Context, name: str) -> float |
                         metric_names=[SPARSITY])
     p = spec.space[SPARSITY]
     dist = optuna.distributions.FloatDistribution(float(p.low), float(p.high))
-    for _ in range(spec.sparsity_bound.trials):
-        s = next_point(float(p.low), float(p.high), _tested(bstudy, ctx))
+    while True:  # a resumed search replays the finished runs and goes on from there
+        tested = _tested(bstudy, ctx)
+        s = next_point(float(p.low), float(p.high), tested) if len(tested) < spec.sparsity_bound.trials else None
         if s is None:
             break
         _run_point(bstudy, ctx, s, dist)
-    tested = _tested(bstudy, ctx)
     good = [s for s, ok in tested if ok]
     bound = max(good) if good else float(p.low)
     ctx.log(f"sparsity bound: {bound:.4g} ({len(tested)} runs; "
