@@ -25,7 +25,7 @@ def _main(args: list[str]) -> int:
 
 
 WIDTHS = {"model.args.hidden": {"choices": [[16], [24]]}}       # layer widths, as JSON choices
-PER_LAYER = {"layers.fc1.weight_bits": {"choices": [2, 8]}}      # a per-layer field
+PER_LAYER = {"layers.fc*.weight_bits": {"choices": [2, 8], "per_layer": True}}  # each layer its own
 
 
 @pytest.mark.parametrize("sampler, objectives, pruner, extra", [
@@ -38,6 +38,8 @@ def test_samplers_fill_the_study_and_the_front(tmp_path, sampler, objectives, pr
     recipe["search"]["space"].update(extra["space"])
     res = search(recipe, trials=3, out=tmp_path, log=None)
     done = [r for r in res.trials if r["state"] == "COMPLETE"]
+    assert sorted(res.trials[0]["params"]) == sorted(["prune.sparsity", "quant.weight_bits", *(
+        ["model.args.hidden"] if sampler == "gp" else ["layers.fc1.weight_bits", "layers.fc2.weight_bits"])])
     assert [r["state"] in ("COMPLETE", "PRUNED") for r in res.trials] == [True] * 3  # the median pruner may stop one
     assert len(done) >= 2
     for r in done:

@@ -8,8 +8,8 @@ import optuna
 import pytest
 from conftest import make_recipe
 
-from qaprune.autosearch.space import (check_space, decode_params, dense_recipe, recipe_hash, suggest,
-                                      trial_recipe)
+from qaprune.autosearch.space import (check_space, decode_params, dense_recipe, expand_space, recipe_hash,
+                                      suggest, trial_recipe)
 from qaprune.autosearch.spec import SearchSpec
 from qaprune.errors import RecipeError
 from qaprune.recipe import Recipe
@@ -41,6 +41,9 @@ def test_docstring_examples(name):
       "constraints": [{"metric": "accuracy", "min": 0.9}]}, "needs prune.sparsity in space"),
     ({"space": {"prune.sparsity": {"low": 0.1, "high": 0.5}}, "sparsity_bound": {}}, "needs constraints"),
     ({"space": {"prune.sparsity": {"low": 0.1, "high": 0.5}}, "sampler": "cmaes"}, "recipe.search.sampler"),
+    ({"space": {"quant.weight_bits": {"choices": [2, 4], "per_layer": True}}}, "per_layer needs a key layers."),
+    ({"space": {"layers.*.weight_bits": {"choices": [2, 4], "per_layer": True},
+                "model.args.hidden": {"choices": [[8], [16]]}}}, "and a fixed model"),
 ])
 def test_bad_search_sections_are_refused_with_the_field(search, message):
     with pytest.raises(RecipeError) as err:
@@ -113,3 +116,13 @@ def test_the_documented_search_section_is_valid():
     recipe = Recipe.parse({"data": {"name": "digits"}, **section})
     check_space(recipe, model_layers(recipe))
     assert recipe.search.sampler == "nsga2" and len(recipe.search.space) == 6
+
+
+def test_per_layer_entries_expand_to_one_parameter_per_layer():
+    space = SearchSpec(space={"layers.fc*.weight_bits": {"low": 2, "high": 8, "per_layer": True},
+                              "layers.fc2.act_bits": {"choices": [4, 8]}}).space
+    wide = expand_space(space, ["fc1", "fc2", "conv1"])
+    assert list(wide) == ["layers.fc1.weight_bits", "layers.fc2.weight_bits", "layers.fc2.act_bits"]
+    assert all(not p.per_layer for p in wide.values()) and wide["layers.fc1.weight_bits"].kind == "int"
+    with pytest.raises(RecipeError, match="searched twice"):
+        expand_space({**space, "layers.fc1.weight_bits": space["layers.fc2.act_bits"]}, ["fc1"])

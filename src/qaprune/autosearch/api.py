@@ -71,7 +71,7 @@ def search(recipe: Recipe | str | Path | dict, *, trials: int, workers: int = 1,
     name, url = study_name or recipe.name, storage_url(storage, out)
     study, st, ctx = prepare(recipe, out=out, url=url, name=name, data_dir=data_dir, heartbeat=heartbeat, log=log)
     cfg = dict(recipe=recipe.to_dict(), out=str(out), storage=url, study_name=name, trials=trials,
-               data_dir=data_dir, heartbeat=heartbeat)
+               data_dir=data_dir, heartbeat=heartbeat, layers=ctx.layers)
     if counts(study)[0] < trials:
         log(f"search {name!r}: {trials} trials, {workers} worker(s), storage {shown(url)}")
         if workers == 1:
@@ -89,14 +89,14 @@ def prepare(recipe: Recipe, *, out: Path, url: str, name: str, data_dir: str | N
     bound when the recipe asks for them; -> (study, storage, trial context)."""
     import optuna
 
-    spec = spec_of(recipe)
-    check_space(recipe, model_layers(recipe, data_dir))
+    spec, layers = spec_of(recipe), model_layers(recipe, data_dir)
+    check_space(recipe, layers)
     st = open_storage(url, heartbeat=heartbeat)
     if name not in optuna.study.get_all_study_names(storage=st) and any((out / "trials").glob("*")):
         raise SearchError(f"{out / 'trials'} holds runs of another search, but storage {shown(url)} has no study "
                           f"{name!r}; choose another --out, or the storage that search used")
     study = open_study(st, name, recipe)
-    ctx = Context(recipe, spec, out, data_dir, log=log)
+    ctx = Context(recipe, spec, out, data_dir, log=log, layers=tuple(layers))
     ctx.dense = dense_baseline(study, ctx)
     ctx.bound = sparsity_bound(study, st, ctx, name)
     return study, st, ctx
@@ -116,13 +116,13 @@ def finish(study: Any, storage: Any, ctx: Context, *, name: str, url: str,
     """Write the report (and the exported recipes); -> the SearchResult."""
     attrs = study.user_attrs
     bounds = constraint_bounds(ctx.spec, attrs.get(DENSE_ATTR))
-    rows = trial_rows(study, ctx.spec, bounds)
+    rows = trial_rows(study, ctx.spec, bounds, ctx.space)
     pareto = pareto_rows(rows, ctx.spec)
     exported = export_recipes(pareto, ctx.base, export_best) if export_best is not None else []
     numbers = {r["number"]: p for r, p in zip(pareto, exported)}
     report = write_search_report(ctx.out, study, ctx.spec, bounds, dense=attrs.get(DENSE_ATTR),
                                  bound=attrs.get(BOUND_ATTR), bound_runs=bound_rows(storage, name),
-                                 exported=numbers)
+                                 exported=numbers, space=ctx.space)
     ctx.log(f"search {name!r}: {sum(r['state'] == 'COMPLETE' for r in rows)} complete trials, "
             f"{len(pareto)} Pareto-optimal; report {report}")
     return SearchResult(ctx.out, name, url, rows, pareto, report, exported, attrs.get(BOUND_ATTR), attrs.get(DENSE_ATTR))

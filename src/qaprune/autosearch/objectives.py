@@ -17,11 +17,11 @@ from __future__ import annotations
 import os
 import re
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from qaprune.autosearch.space import suggest, trial_recipe
+from qaprune.autosearch.space import expand_space, suggest, trial_recipe
 from qaprune.autosearch.spec import CURVE_METRIC, LATENCY, LatencySpec, SearchSpec, finite
 from qaprune.errors import QapruneError
 from qaprune.recipe import Recipe
@@ -97,6 +97,11 @@ class Context:
     dense: dict[str, float] | None = None
     bound: float | None = None
     log: Callable[[str], None] = print
+    layers: tuple[str, ...] = ()  # the model's weight layers (for per_layer parameters)
+    space: dict[str, Any] = field(default_factory=dict)  # the space, per_layer entries expanded
+
+    def __post_init__(self) -> None:
+        self.space = expand_space(self.spec.space, self.layers)
 
     @property
     def bounds(self):
@@ -175,7 +180,7 @@ class TrialObjective:
 
     def __call__(self, trial: Any) -> float | list[float]:
         self.last = trial.number
-        params = suggest(trial, self.ctx.spec.space, bound=self.ctx.bound)
+        params = suggest(trial, self.ctx.space, bound=self.ctx.bound)
         resume = "run_dir" in trial.user_attrs  # a retry of a trial whose worker died
         rel = trial.user_attrs.get("run_dir", f"trials/{trial.number}")
         trial.set_user_attr("run_dir", rel)

@@ -25,13 +25,13 @@ FRONT_AXES = {"bops": "BOPs", "size_bytes": "artifact bytes", LATENCY: "latency 
 TABLE_METRICS = ["accuracy", "auc", "bops", "bops_reduction", "size_bytes", LATENCY, "sparsity"]
 
 
-def trial_rows(study: Any, spec: SearchSpec, bounds: list) -> list[dict]:
+def trial_rows(study: Any, spec: SearchSpec, bounds: list, space: dict | None = None) -> list[dict]:
     """One plain dict per trial: number, state, params (recipe values), values, metrics,
-    feasible, run_dir; ordered by trial number."""
-    rows = []
+    feasible, run_dir; ordered by trial number. ``space``: the expanded space (default spec's)."""
+    rows, space = [], space or spec.space
     for t in study.get_trials(deepcopy=False):
         metrics = t.user_attrs.get("metrics")
-        rows.append({"number": t.number, "state": t.state.name, "params": decode_params(t.params, spec.space),
+        rows.append({"number": t.number, "state": t.state.name, "params": decode_params(t.params, space),
                      "values": list(t.values) if t.values is not None else None, "metrics": metrics or {},
                      "feasible": t.state.name == "COMPLETE" and feasible(metrics, bounds),
                      "run_dir": t.user_attrs.get("run_dir"), "same_as": t.user_attrs.get("same_as"),
@@ -155,13 +155,13 @@ def _table_rows(pareto: list[dict], spec: SearchSpec, exported: dict[int, Path])
 
 def write_search_report(out: str | Path, study: Any, spec: SearchSpec, bounds: list, *, dense: dict | None = None,
                         bound: float | None = None, bound_runs: list[dict] | None = None,
-                        exported: dict[int, Path] | None = None) -> Path:
+                        exported: dict[int, Path] | None = None, space: dict | None = None) -> Path:
     """Write the plots, ``trials.json``, ``pareto.json`` and ``search.html`` into ``out``."""
     from qaprune.report import _columns, _img, _kv_table, _page, _table
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = trial_rows(study, spec, bounds)
+    rows = trial_rows(study, spec, bounds, space)
     pareto = pareto_rows(rows, spec)
     write_json(out / "trials.json", rows)
     write_json(out / "pareto.json", [_summary(r) for r in pareto])

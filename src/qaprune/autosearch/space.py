@@ -83,6 +83,25 @@ def _check_layers(space: dict[str, ParamSpec], names: list[str]) -> None:
                               f"layers: {', '.join(names)}")
 
 
+def expand_space(space: dict[str, ParamSpec], layers: list[str] | tuple[str, ...]) -> dict[str, ParamSpec]:
+    """``space`` with every ``per_layer`` entry replaced by one entry per matching layer.
+
+    Example:
+        >>> p = ParamSpec(choices=[4, 8], per_layer=True)
+        >>> list(expand_space({"layers.fc*.weight_bits": p}, ["fc1", "fc2", "conv"]))
+        ['layers.fc1.weight_bits', 'layers.fc2.weight_bits']
+    """
+    out: dict[str, ParamSpec] = {}
+    for key, p in space.items():
+        pattern, field = key[len("layers."):].rsplit(".", 1) if p.per_layer else ("", "")
+        names = [f"layers.{n}.{field}" for n in layers if fnmatch.fnmatchcase(n, pattern)] if p.per_layer else [key]
+        for name in names:
+            if name in out:
+                raise RecipeError(f"recipe.search.space.{key}: {name} is searched twice")
+            out[name] = p.model_copy(update={"per_layer": False})
+    return out
+
+
 def model_layers(recipe: Recipe, data_dir: str | None = None) -> list[str]:
     """Names of the Linear/Conv layers of the recipe's model (built for its data, on the CPU)."""
     import torch

@@ -62,7 +62,9 @@ def _scalar(v: Any) -> bool:
 class ParamSpec(_Strict):
     """One searched recipe field: ``choices`` (any YAML values, e.g. lists of widths), or a
     numeric range ``low``..``high`` (inclusive; ``step``, ``log``). A range is integer when its
-    ends (and step) are integers, unless ``type`` says otherwise."""
+    ends (and step) are integers, unless ``type`` says otherwise. ``per_layer`` (for
+    ``layers.<pattern>.<field>``): one parameter per matching weight layer, e.g. every layer's
+    own bit width from one entry ``layers.*.weight_bits``."""
 
     choices: list[Any] | None = None
     low: float | int | None = None
@@ -70,6 +72,7 @@ class ParamSpec(_Strict):
     step: float | int | None = None
     log: bool = False
     type: Literal["int", "float"] | None = None
+    per_layer: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> ParamSpec:
@@ -228,6 +231,9 @@ class SearchSpec(_Strict):
             if "." not in key or key.split(".")[0] in NOT_SEARCHABLE:
                 raise ValueError(f"{key!r} is not searchable; give a recipe field path such as quant.weight_bits, "
                                  f"prune.sparsity, layers.fc1.weight_bits (not {', '.join(NOT_SEARCHABLE)})")
+            if v[key].per_layer and (not key.startswith("layers.") or any(k.startswith("model.") for k in v)):
+                raise ValueError(f"{key}: per_layer needs a key layers.<pattern>.<field> and a fixed model "
+                                 "(the layers are named before the search starts)")
         return v
 
     @model_validator(mode="after")

@@ -55,6 +55,7 @@ class WorkerConfig:
     quiet: bool = False
     max_failures: int = 3  # trials in a row that may fail before the worker gives up
     threads: int | None = None  # torch threads of this worker (None: torch's default)
+    layers: tuple[str, ...] = ()  # the model's weight layers (for per_layer parameters)
 
 
 def work(cfg: WorkerConfig, *, log: Callable[[str], None] = print) -> int:
@@ -66,7 +67,7 @@ def work(cfg: WorkerConfig, *, log: Callable[[str], None] = print) -> int:
     study = open_study(open_storage(cfg.storage, heartbeat=cfg.heartbeat), cfg.study_name, recipe)
     attrs = study.user_attrs
     ctx = Context(recipe, spec, Path(cfg.out), cfg.data_dir, dense=attrs.get("dense_metrics"),
-                  bound=attrs.get("sparsity_bound"), log=log)
+                  bound=attrs.get("sparsity_bound"), log=log, layers=cfg.layers)
     n = len(study.get_trials(deepcopy=False))
     study.sampler = make_sampler(spec, seed=worker_seed(spec.seed, n, cfg.worker), constraints=ctx.constraints)
     study.pruner = make_pruner(spec)
