@@ -10,6 +10,7 @@ A recipe's search section, in YAML::
         quant.weight_bits: {low: 2, high: 8}   # integer ends: an integer range
         layers.fc1.weight_bits: {choices: [4, 6, 8]}
         layers.fc*.act_bits: {choices: [4, 8]}
+        # layers.*.weight_bits: {choices: [2, 4, 8], per_layer: true}  (one parameter per layer)
         model.args.hidden: {choices: [[64, 32], [32, 32]]}
       objectives: [accuracy, bops]             # or {metric: size_bytes, direction: minimize}
       constraints:
