@@ -151,19 +151,6 @@ class SparseSpec(_Strict):
         return self
 
 
-class TrainSpec(_Strict):
-    optimizer: Literal["adam", "adamw", "sgd", "hspg", "obproxsg"] = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.9              # sgd and hspg
-    weight_decay: float = 0.0
-    batch_size: int = 256
-    epochs: int = 100                  # at most, per training round
-    patience: int | None = 10          # early stopping on validation loss; None: off
-    min_delta: float = 0.0
-    lr_schedule: Literal["none", "cosine", "step"] = "none"
-    l1: float = 0.0                    # L1 penalty on the weights
-    deterministic: bool = True
-    threads: int | None = None
 class DistillSpec(_Strict):
     """Knowledge distillation: loss = (1 − weight)·CE + weight·T²·KL(teacher_T ‖ student_T)."""
 
@@ -186,7 +173,21 @@ class DistillSpec(_Strict):
         return v
 
 
+class TrainSpec(_Strict):
+    optimizer: Literal["adam", "adamw", "sgd", "hspg", "obproxsg"] = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9              # sgd and hspg
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    epochs: int = 100                  # at most, per training round
+    patience: int | None = 10          # early stopping on validation loss; None: off
+    min_delta: float = 0.0
+    lr_schedule: Literal["none", "cosine", "step"] = "none"
+    l1: float = 0.0                    # L1 penalty on the weights
+    deterministic: bool = True
+    threads: int | None = None
     sparse: SparseSpec | None = None   # hspg / obproxsg options; None: SparseSpec's defaults
+    distill: DistillSpec | None = None  # knowledge distillation from a teacher (see DistillSpec)
 
     @field_validator("weight_decay")
     @classmethod
@@ -200,7 +201,6 @@ class DistillSpec(_Strict):
     @field_validator("sparse")
     @classmethod
     def _sparse_needs_its_optimizer(cls, v: SparseSpec | None, info) -> SparseSpec | None:
-    distill: DistillSpec | None = None  # knowledge distillation from a teacher (see DistillSpec)
         opt = info.data.get("optimizer")
         if v is not None and opt is not None and opt not in SPARSE_OPTIMIZERS:
             raise ValueError(f"set, but train.optimizer is {opt!r}; it is used by: "
