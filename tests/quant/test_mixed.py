@@ -188,13 +188,21 @@ def test_attach_names_the_module_of_a_bad_value() -> None:
     ({"fc9": {"weight_bits": 4}}, "recipe.layers.fc9.weight_bits: matches no Linear/Conv layer; "
                                   "layers: fc1, fc2, fc3, fc4"),
     ({"act*": {"per_channel": True}}, "recipe.layers.act*.per_channel: matches no Linear/Conv layer"),
-    ({"fc4": {"act_bits": 4}}, "recipe.layers.fc4.act_bits: matches no ReLU nor a layer a ReLU follows; "
-                               "ReLUs (after): act1 (fc1), act2 (fc2), act3 (fc3)"),
+    ({"relu1": {"act_bits": 4}}, "recipe.layers.relu1.act_bits: matches no ReLU nor Linear/Conv layer; "
+                                 "ReLUs: act1, act2, act3; layers: fc1, fc2, fc3, fc4"),
 ])
 def test_attach_refuses_overrides_that_reach_no_module(layers: dict, msg: str) -> None:
     with pytest.raises(RecipeError) as err:
         attach(_mlp(), _recipe(layers), sample=torch.randn(8, 16))
     assert str(err.value).startswith(msg)
+
+
+def test_act_bits_on_every_layer_as_a_search_sets_them() -> None:
+    """``layers.<each weight layer>.act_bits``: the classifier has no ReLU after it, so its
+    setting changes nothing (the logits stay float) and is not an error."""
+    layers = {f"fc{i}": {"act_bits": b} for i, b in zip(range(1, 5), (3, 4, 5, 2))}
+    model = attach(_mlp(), _recipe(layers), sample=torch.randn(8, 16))
+    assert [b["act_out_bits"] for b in bit_widths(model).values()] == [3, 4, 5, 32]
 
 
 def test_run_end_to_end_with_learned_mixed_bits_and_reload(tmp_path) -> None:

@@ -9,9 +9,9 @@ How ``attach`` resolves a module's bits (patterns in recipe order, later ones wi
   own name **or the name of the Linear/Conv right before it** in module order, so
   ``layers.fc1.act_bits`` sets the activation that fc1 feeds; else ``quant.act_bits``.
 
-A bits override that reaches no module (a typo, or ``act_bits`` on the last layer, which no ReLU
-follows) is refused naming the pattern, and a bit width outside the supported range is refused
-naming the module it would be used for.
+A bits override whose pattern matches no module it applies to (a typo) is refused naming the
+pattern, and a bit width outside the supported range is refused naming the module it would be
+used for. ``bit_widths`` shows what each layer got.
 """
 from __future__ import annotations
 
@@ -93,18 +93,20 @@ def act_bits_plan(model: nn.Module, recipe: Recipe) -> dict[str, int]:
 
 
 def check_patterns(model: nn.Module, recipe: Recipe) -> None:
-    """Refuse bits overrides that reach no module of ``model``, naming the pattern."""
+    """Refuse bits overrides whose pattern matches no module they apply to, naming the pattern:
+    ``weight_bits`` / ``per_channel`` need a Linear/Conv, ``act_bits`` a ReLU or a Linear/Conv.
+    (``act_bits`` on a layer that no ReLU follows, such as the classifier, changes nothing: its
+    output stays float. Searches set it on every layer, so it is not an error.)"""
     layers = [n for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)]
-    producers = relu_producers(model)
+    relus = list(relu_producers(model))
     for pattern, spec in recipe.layers.items():
         for field in ("weight_bits", "per_channel"):
             if getattr(spec, field) is not None and not _matches(pattern, layers):
                 raise RecipeError(f"recipe.layers.{pattern}.{field}: matches no Linear/Conv layer; "
                                   f"layers: {', '.join(layers) or 'none'}")
-        if spec.act_bits is not None and not _matches(pattern, [*producers, *producers.values()]):
-            raise RecipeError(
-                f"recipe.layers.{pattern}.act_bits: matches no ReLU nor a layer a ReLU follows; "
-                f"ReLUs (after): {', '.join(f'{r} ({p})' if p else r for r, p in producers.items()) or 'none'}")
+        if spec.act_bits is not None and not _matches(pattern, [*relus, *layers]):
+            raise RecipeError(f"recipe.layers.{pattern}.act_bits: matches no ReLU nor Linear/Conv layer; "
+                              f"ReLUs: {', '.join(relus) or 'none'}; layers: {', '.join(layers) or 'none'}")
 
 
 def bit_widths(model: nn.Module) -> dict[str, dict[str, Any]]:
