@@ -1,0 +1,237 @@
+"""Deployment: bytes and measured ONNX Runtime latency of dense fp32, QAP-shrunk fp32 and int8 QDQ
+exports of LeNet-300-100 (MNIST) and the small Fashion-MNIST CNN, every file verified.
+
+    python bench/export_latency.py --data-dir ../shared/datasets
+
+Models come from ``qaprune.run``: ``recipes/export_lenet300.yaml`` and
+``recipes/export_fashion_cnn.yaml`` (8-bit weights and activations, 50% channel pruning over
+dependency groups, kept counts rounded to 8), and the same recipes with ``prune.sparsity=0`` and
+32-bit weights/activations for the dense fp32 baselines. The training budgets are deliberately
+short (LeNet-300: 2 × 10 epochs on 9k samples; CNN: 2 × 1 epoch on a 20k subset): this benchmark
+is about export exactness, file size and speed, not accuracy (the accuracies are reported but are
+not the point). Each QAP run is exported with ``qaprune.export`` as ``onnx`` (shrunk: pruned
+channels physically removed, float) and ``qdq`` (int8), the dense run as ``onnx``; every export is
+verified by ``qaprune.export`` itself (float: |diff| ≤ 1e-5 + 1e-5·|ref| with activation
+rounding ties teacher-forced; int8 QDQ: identical top-1 on ≥ 99.5% of the test samples).
+
+Latency: ``measure_latency`` (backend "ort" on the written files; PyTorch eager for reference),
+batch 1 and 256, ``--threads``; the models of one network are measured alternately for
+``--rounds`` rounds and the median of the round medians is kept. FLOPs ratio: dense MACs / MACs
+of the shrunk model (``metrics.bops.profile``).
+
+Writes bench/results/export_latency.json (``--quick``: export_latency_quick.json) whose
+``headline`` holds ``int8_speedup_b256`` (the smaller of the two networks' int8 QDQ / shrunk fp32
+ORT speedups at batch 256: same channels, so it isolates int8), ``int8_speedup_b256_lenet300``,
+``int8_speedup_b256_cnn``, ``cnn_speedup`` (dense fp32 / shrunk fp32, ORT, batch 256),
+``cnn_flops_ratio``, ``max_abs_diff_onnx`` (largest raw |ONNX − PyTorch| over the float exports),
+``qdq_top1_agreement`` (smallest over the int8 exports) and ``targets_met``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from common import machine, table, write_results  # noqa: E402
+
+import qaprune  # noqa: E402
+from qaprune.compress import bake  # noqa: E402
+from qaprune.export.shrink import shrink  # noqa: E402
+from qaprune.metrics.bops import profile  # noqa: E402
+from qaprune.metrics.latency import measure_latency  # noqa: E402
+from qaprune.recipe import Recipe  # noqa: E402
+from qaprune.runner import clean, load_run, run  # noqa: E402
+
+RECIPES = {"lenet300": HERE.parent / "recipes" / "export_lenet300.yaml",
+           "cnn": HERE.parent / "recipes" / "export_fashion_cnn.yaml"}
+DENSE = ["prune.sparsity=0.0", "quant.weight_bits=32", "quant.act_bits=32", "quant.input_bits=null"]
+QUICK = {"lenet300": ["train.epochs=2"], "cnn": ["data.train=3000", "data.val=500"]}
+TARGET_INT8, TARGET_FLOPS_FRACTION, TARGET_TOP1 = 1.8, 0.8, 0.995
+FILES = ("dense_fp32", "shrunk_fp32", "int8_qdq")
+BYTES_COLUMNS = [("net", "net", ""), ("model", "model", ""), ("bytes", "bytes", "d"), ("macs", "MACs", "d"),
+                 ("accuracy", "accuracy", ".4f"), ("max_abs_diff", "max|diff|", ".2e"),
+                 ("forced_max_abs_diff", "forced|diff|", ".2e"), ("top1_agreement", "top-1 agree", ".4f"),
+                 ("passed", "verified", "")]
+LATENCY_COLUMNS = [("net", "net", ""), ("model", "model", ""), ("backend", "backend", ""), ("batch", "batch", "d"),
+                   ("threads", "threads", "d"), ("median_ms", "median ms", ".4f"), ("p10_ms", "p10 ms", ".4f"),
+                   ("p90_ms", "p90 ms", ".4f"), ("speedup_vs_dense", "vs dense", ".2f"),
+                   ("speedup_vs_shrunk", "vs shrunk", ".2f")]
+
+
+def train(net: str, recipe: Recipe, runs_dir: Path, data_dir: str | None) -> dict[str, Any]:
+    """Dense fp32 and QAP runs of one recipe: run directories, accuracies, seconds."""
+    out: dict[str, Any] = {}
+    for kind, sets in (("dense", DENSE), ("qap", [])):
+        r = recipe.override([*sets, f"name={recipe.name}-{kind}"])
+        run_dir = runs_dir / f"{net}-{kind}"
+        clean(run_dir)
+        t0 = time.perf_counter()
+        res = run(r, out=run_dir, data_dir=data_dir, log=lambda *_: None)
+        out[kind] = {"dir": run_dir, "accuracy": res.metrics["accuracy"], "seconds": time.perf_counter() - t0,
+                     "epochs": res.results["timing"]["epochs"], "sparsity": res.metrics["sparsity"]}
+        print(f"{net} {kind}: accuracy {res.metrics['accuracy']:.4f} in {out[kind]['seconds']:.0f} s", flush=True)
+    return out
+
+
+def exports(runs: dict[str, Any], data_dir: str | None) -> dict[str, dict[str, Any]]:
+    """The three verified files of one network: path, bytes, verification, removed channels."""
+    todo = {"dense_fp32": (runs["dense"]["dir"], "onnx"), "shrunk_fp32": (runs["qap"]["dir"], "onnx"),
+            "int8_qdq": (runs["qap"]["dir"], "qdq")}
+    out = {}
+    for name, (run_dir, fmt) in todo.items():
+        r = qaprune.export(run_dir, format=fmt, data_dir=data_dir)
+        v = r.verification.to_dict()
+        out[name] = {"path": r.path, "file": r.path.name, "format": fmt, "bytes": r.size_bytes,
+                     "passed": v["passed"], "max_abs_diff": v["max_abs_diff"], "top1_agreement": v["top1_agreement"],
+                     "forced_max_abs_diff": (v.get("activations") or {}).get("forced_max_abs_diff"),
+                     "criterion": v["criterion"], "kernels": v.get("kernels"), "removed": r.removed,
+                     "not_shrunk": r.not_shrunk, "verification": v}
+    return out
+
+
+def torch_models(runs: dict[str, Any], data_dir: str | None) -> tuple[dict[str, torch.nn.Module], tuple, dict]:
+    """PyTorch eager references (dense baked, QAP shrunk), the input shape, and MACs of each."""
+    _, data, dense = load_run(runs["dense"]["dir"], data_dir=data_dir)
+    _, _, qap = load_run(runs["qap"]["dir"], data_dir=data_dir)
+    x = data.x_test[:64].cpu()
+    dense = bake(copy.deepcopy(dense.cpu().eval()))
+    small = shrink(qap.cpu().eval(), x, sparse="never").model.eval()
+    macs = {name: sum(p.macs for p in profile(m, x[:1])) for name, m in (("dense", dense), ("shrunk", small))}
+    return {"dense_fp32": dense, "shrunk_fp32": small}, tuple(data.input_shape), macs
+
+
+def latency(net: str, files: dict[str, dict], models: dict[str, torch.nn.Module], shape: tuple,
+            args: argparse.Namespace) -> list[dict]:
+    """Median of ``args.rounds`` round medians per (model, backend, batch, threads); the models
+    are measured alternately within each round so drifting load hits them alike."""
+    samples: dict[tuple, list[dict]] = {}
+    kw = {"batch_sizes": (1, 256), "threads": tuple(args.threads), "warmup": args.warmup, "repeats": args.repeats}
+    for _ in range(args.rounds):
+        jobs = [(n, "ort", str(f["path"])) for n, f in files.items()]
+        jobs += [(n, "torch", m) for n, m in models.items()] if "torch" in args.backends else []
+        for name, backend, target in jobs:
+            for r in measure_latency(target, shape, backend=backend, **kw):
+                samples.setdefault((name, backend, r["batch"], r["threads"]), []).append(r)
+    rows = []
+    for (name, backend, batch, threads), rs in samples.items():
+        med = {k: statistics.median(r[k] for r in rs) for k in ("median_ms", "p10_ms", "p90_ms")}
+        rows.append({"net": net, "model": name, "backend": backend, "batch": batch, "threads": threads, **med,
+                     "rounds": len(rs), "round_medians_ms": [r["median_ms"] for r in rs]})
+    ref = {(r["model"], r["backend"], r["batch"], r["threads"]): r["median_ms"] for r in rows}
+    for r in rows:
+        key = (r["backend"], r["batch"], r["threads"])
+        if r["model"] != "dense_fp32" and ("dense_fp32", *key) in ref:
+            r["speedup_vs_dense"] = ref[("dense_fp32", *key)] / r["median_ms"]
+        if r["model"] == "int8_qdq" and ("shrunk_fp32", *key) in ref:
+            r["speedup_vs_shrunk"] = ref[("shrunk_fp32", *key)] / r["median_ms"]
+    return rows
+
+
+def bench_net(net: str, recipe: Recipe, args: argparse.Namespace) -> dict[str, Any]:
+    runs = train(net, recipe, args.runs_dir, args.data_dir)
+    files = exports(runs, args.data_dir)
+    models, shape, macs = torch_models(runs, args.data_dir)
+    torch.set_num_threads(min(args.threads))  # load_run's setup() may have changed it
+    lat = latency(net, files, models, shape, args)
+    acc = {"dense_fp32": runs["dense"]["accuracy"], "shrunk_fp32": runs["qap"]["accuracy"],
+           "int8_qdq": runs["qap"]["accuracy"]}
+    mac = {"dense_fp32": macs["dense"], "shrunk_fp32": macs["shrunk"], "int8_qdq": macs["shrunk"]}
+    rows = [{"net": net, "model": n, "accuracy": acc[n], "macs": mac[n],
+             **{k: v for k, v in f.items() if k != "path"}} for n, f in files.items()]
+    return {"runs": {k: {**v, "dir": str(v["dir"])} for k, v in runs.items()}, "files": rows, "latency": lat,
+            "macs_dense": macs["dense"], "macs_shrunk": macs["shrunk"], "flops_ratio": macs["dense"] / macs["shrunk"]}
+
+
+def _speed(lat: list[dict], model: str, key: str, batch: int, threads: int) -> float | None:
+    hit = [r.get(key) for r in lat if r["model"] == model and r["backend"] == "ort" and r["batch"] == batch
+           and r["threads"] == threads]
+    return hit[0] if hit else None
+
+
+def headline(nets: dict[str, dict], threads: int) -> dict[str, Any]:
+    int8 = {n: _speed(d["latency"], "int8_qdq", "speedup_vs_shrunk", 256, threads) for n, d in nets.items()}
+    int8_dense = {n: _speed(d["latency"], "int8_qdq", "speedup_vs_dense", 256, threads) for n, d in nets.items()}
+    files = [f for d in nets.values() for f in d["files"]]
+    floats = [f for f in files if f["format"] == "onnx"]
+    qdq = [f for f in files if f["format"] == "qdq"]
+    cnn = nets.get("cnn", {})
+    cnn_speedup = _speed(cnn.get("latency", []), "shrunk_fp32", "speedup_vs_dense", 256, threads)
+    flops_ratio = cnn.get("flops_ratio")
+    int8_min = min((v for v in int8.values() if v is not None), default=None)
+    h = {"int8_speedup_b256": int8_min, **{f"int8_speedup_b256_{n}": v for n, v in int8.items()},
+         **{f"int8_vs_dense_speedup_b256_{n}": v for n, v in int8_dense.items()},
+         "cnn_speedup": cnn_speedup, "cnn_flops_ratio": flops_ratio,
+         "max_abs_diff_onnx": max(f["max_abs_diff"] for f in floats),
+         "max_abs_diff_onnx_forced": max(f["max_abs_diff"] if f["forced_max_abs_diff"] is None else f["forced_max_abs_diff"]
+                                         for f in floats),
+         "qdq_top1_agreement": min(f["top1_agreement"] for f in qdq), "threads": threads}
+    h["targets_met"] = {
+        "int8_speedup": int8_min is not None and int8_min >= TARGET_INT8,
+        "cnn_speedup_vs_flops": (cnn_speedup is not None and flops_ratio is not None
+                                 and cnn_speedup >= TARGET_FLOPS_FRACTION * flops_ratio),
+        "all_exports_verified": all(f["passed"] for f in files),
+        "qdq_top1": h["qdq_top1_agreement"] >= TARGET_TOP1}
+    return h
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", default="../shared/datasets")
+    ap.add_argument("--nets", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    ap.add_argument("--threads", type=int, nargs="+", default=[1], help="latency thread counts (training: 1)")
+    ap.add_argument("--backends", nargs="+", default=["ort", "torch"], choices=["ort", "torch"])
+    ap.add_argument("--rounds", type=int, default=3, help="alternating latency rounds")
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--set", nargs="*", default=[], help="extra overrides for both recipes, key.path=value")
+    ap.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run of the script")
+    ap.add_argument("--runs-dir", type=Path, default=HERE / "runs" / "export_latency")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.rounds, args.repeats, args.warmup = 1, 5, 2
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    nets = {}
+    for net in args.nets:
+        recipe = Recipe.load(RECIPES[net]).override([*(QUICK[net] if args.quick else []), *args.set])
+        nets[net] = bench_net(net, recipe, args)
+    head = headline(nets, min(args.threads))
+    seconds = time.perf_counter() - t0
+    print()
+    print(table([f for d in nets.values() for f in d["files"]], BYTES_COLUMNS))
+    print()
+    lat = sorted((r for d in nets.values() for r in d["latency"]),
+                 key=lambda r: (r["net"], r["backend"], r["threads"], r["batch"], FILES.index(r["model"])))
+    print(table(lat, LATENCY_COLUMNS))
+    info = machine()
+    info["cpu_affinity"] = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    path = write_results("export_latency_quick" if args.quick else "export_latency", {
+        "benchmark": "export_latency", "quick": args.quick, "machine": info, "threads": args.threads,
+        "wall_seconds": seconds, "headline": head,
+        "recipes": {n: Recipe.load(RECIPES[n]).override([*(QUICK[n] if args.quick else []), *args.set]).to_dict()
+                    for n in args.nets}, "nets": nets})
+    print(f"\nheadline: {_fmt(head)}\nwrote {path} in {seconds:.0f} s")
+    return head
+
+
+def _fmt(head: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in head.items())
+
+
+if __name__ == "__main__":
+    main()
