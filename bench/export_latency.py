@@ -12,7 +12,10 @@ is about export exactness, file size and speed, not accuracy (the accuracies are
 not the point). Each QAP run is exported with ``qaprune.export`` as ``onnx`` (shrunk: pruned
 channels physically removed, float) and ``qdq`` (int8), the dense run as ``onnx``; every export is
 verified by ``qaprune.export`` itself (float: |diff| ≤ 1e-5 + 1e-5·|ref| with activation
-rounding ties teacher-forced; int8 QDQ: identical top-1 on ≥ 99.5% of the test samples).
+rounding ties teacher-forced; int8 QDQ: identical top-1 on ≥ 99.5% of the test samples). An export
+that fails its verification is recorded as failed (``failed_exports``, ``targets_met``) and not
+kept; its ORT row then times the shrunk PyTorch model through ``torch.onnx`` and is marked
+``unverified_export``. ``--reuse`` keeps finished runs of the same recipes.
 
 Latency: ``measure_latency`` (backend "ort" on the written files; PyTorch eager for reference),
 batch 1 and 256, ``--threads``; the models of one network are measured alternately for
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import statistics
 import sys
@@ -47,6 +51,7 @@ from common import machine, table, write_results  # noqa: E402
 import qaprune  # noqa: E402
 from qaprune.compress import bake  # noqa: E402
 from qaprune.export.shrink import shrink  # noqa: E402
+from qaprune.export.verify import VerificationError  # noqa: E402
 from qaprune.metrics.bops import profile  # noqa: E402
 from qaprune.metrics.latency import measure_latency  # noqa: E402
 from qaprune.recipe import Recipe  # noqa: E402
@@ -68,17 +73,24 @@ LATENCY_COLUMNS = [("net", "net", ""), ("model", "model", ""), ("backend", "back
                    ("speedup_vs_shrunk", "vs shrunk", ".2f")]
 
 
-def train(net: str, recipe: Recipe, runs_dir: Path, data_dir: str | None) -> dict[str, Any]:
-    """Dense fp32 and QAP runs of one recipe: run directories, accuracies, seconds."""
+def train(net: str, recipe: Recipe, runs_dir: Path, data_dir: str | None, reuse: bool = False) -> dict[str, Any]:
+    """Dense fp32 and QAP runs of one recipe: run directories, accuracies, seconds. ``reuse``:
+    keep a finished run whose stored recipe is this one."""
     out: dict[str, Any] = {}
     for kind, sets in (("dense", DENSE), ("qap", [])):
         r = recipe.override([*sets, f"name={recipe.name}-{kind}"])
         run_dir = runs_dir / f"{net}-{kind}"
-        clean(run_dir)
         t0 = time.perf_counter()
-        res = run(r, out=run_dir, data_dir=data_dir, log=lambda *_: None)
-        out[kind] = {"dir": run_dir, "accuracy": res.metrics["accuracy"], "seconds": time.perf_counter() - t0,
-                     "epochs": res.results["timing"]["epochs"], "sparsity": res.metrics["sparsity"]}
+        if reuse and (run_dir / "results.json").is_file() and Recipe.load(run_dir / "recipe.yaml") == r:
+            results = json.loads((run_dir / "results.json").read_text())
+        else:
+            clean(run_dir)
+            results = run(r, out=run_dir, data_dir=data_dir, log=lambda *_: None).results
+        m = results["metrics"]
+        out[kind] = {"dir": run_dir, "accuracy": m["accuracy"], "seconds": time.perf_counter() - t0,
+                     "train_seconds": results["timing"]["train_seconds"], "epochs": results["timing"]["epochs"],
+                     "sparsity": m["sparsity"]}
+        res = argparse.Namespace(metrics=m)
         print(f"{net} {kind}: accuracy {res.metrics['accuracy']:.4f} in {out[kind]['seconds']:.0f} s", flush=True)
     return out
 
@@ -89,7 +101,14 @@ def exports(runs: dict[str, Any], data_dir: str | None) -> dict[str, dict[str, A
             "int8_qdq": (runs["qap"]["dir"], "qdq")}
     out = {}
     for name, (run_dir, fmt) in todo.items():
-        r = qaprune.export(run_dir, format=fmt, data_dir=data_dir)
+        try:
+            r = qaprune.export(run_dir, format=fmt, data_dir=data_dir)
+        except VerificationError as exc:  # recorded, not hidden: the file was not kept
+            out[name] = {"path": None, "file": None, "format": fmt, "bytes": None, "passed": False,
+                         "max_abs_diff": None, "top1_agreement": None, "forced_max_abs_diff": None,
+                         "error": str(exc)}
+            print(f"{name}: export FAILED verification: {exc}", flush=True)
+            continue
         v = r.verification.to_dict()
         out[name] = {"path": r.path, "file": r.path.name, "format": fmt, "bytes": r.size_bytes,
                      "passed": v["passed"], "max_abs_diff": v["max_abs_diff"], "top1_agreement": v["top1_agreement"],
@@ -117,7 +136,9 @@ def latency(net: str, files: dict[str, dict], models: dict[str, torch.nn.Module]
     samples: dict[tuple, list[dict]] = {}
     kw = {"batch_sizes": (1, 256), "threads": tuple(args.threads), "warmup": args.warmup, "repeats": args.repeats}
     for _ in range(args.rounds):
-        jobs = [(n, "ort", str(f["path"])) for n, f in files.items()]
+        # a file that failed verification was not kept: its torch model exported by torch.onnx, marked
+        jobs = [(n, "ort", str(f["path"]) if f["path"] else models[n]) for n, f in files.items()
+                if f["path"] or n in models]
         jobs += [(n, "torch", m) for n, m in models.items()] if "torch" in args.backends else []
         for name, backend, target in jobs:
             for r in measure_latency(target, shape, backend=backend, **kw):
@@ -126,7 +147,8 @@ def latency(net: str, files: dict[str, dict], models: dict[str, torch.nn.Module]
     for (name, backend, batch, threads), rs in samples.items():
         med = {k: statistics.median(r[k] for r in rs) for k in ("median_ms", "p10_ms", "p90_ms")}
         rows.append({"net": net, "model": name, "backend": backend, "batch": batch, "threads": threads, **med,
-                     "rounds": len(rs), "round_medians_ms": [r["median_ms"] for r in rs]})
+                     "rounds": len(rs), "round_medians_ms": [r["median_ms"] for r in rs],
+                     **({"unverified_export": rs[0]["export"]} if "export" in rs[0] and backend == "ort" else {})})
     ref = {(r["model"], r["backend"], r["batch"], r["threads"]): r["median_ms"] for r in rows}
     for r in rows:
         key = (r["backend"], r["batch"], r["threads"])
@@ -138,7 +160,7 @@ def latency(net: str, files: dict[str, dict], models: dict[str, torch.nn.Module]
 
 
 def bench_net(net: str, recipe: Recipe, args: argparse.Namespace) -> dict[str, Any]:
-    runs = train(net, recipe, args.runs_dir, args.data_dir)
+    runs = train(net, recipe, args.runs_dir, args.data_dir, args.reuse)
     files = exports(runs, args.data_dir)
     models, shape, macs = torch_models(runs, args.data_dir)
     torch.set_num_threads(min(args.threads))  # load_run's setup() may have changed it
@@ -148,7 +170,7 @@ def bench_net(net: str, recipe: Recipe, args: argparse.Namespace) -> dict[str, A
     mac = {"dense_fp32": macs["dense"], "shrunk_fp32": macs["shrunk"], "int8_qdq": macs["shrunk"]}
     rows = [{"net": net, "model": n, "accuracy": acc[n], "macs": mac[n],
              **{k: v for k, v in f.items() if k != "path"}} for n, f in files.items()]
-    return {"runs": {k: {**v, "dir": str(v["dir"])} for k, v in runs.items()}, "files": rows, "latency": lat,
+    return {"runs": {k: {**v, "dir": os.path.relpath(v["dir"], HERE.parent)} for k, v in runs.items()}, "files": rows, "latency": lat,
             "macs_dense": macs["dense"], "macs_shrunk": macs["shrunk"], "flops_ratio": macs["dense"] / macs["shrunk"]}
 
 
@@ -156,6 +178,11 @@ def _speed(lat: list[dict], model: str, key: str, batch: int, threads: int) -> f
     hit = [r.get(key) for r in lat if r["model"] == model and r["backend"] == "ort" and r["batch"] == batch
            and r["threads"] == threads]
     return hit[0] if hit else None
+
+
+def _forced(f: dict[str, Any]) -> float:
+    """|ONNX − PyTorch| with activation rounding ties teacher-forced, where the check did that."""
+    return f["max_abs_diff"] if f["forced_max_abs_diff"] is None else f["forced_max_abs_diff"]
 
 
 def headline(nets: dict[str, dict], threads: int) -> dict[str, Any]:
@@ -171,16 +198,16 @@ def headline(nets: dict[str, dict], threads: int) -> dict[str, Any]:
     h = {"int8_speedup_b256": int8_min, **{f"int8_speedup_b256_{n}": v for n, v in int8.items()},
          **{f"int8_vs_dense_speedup_b256_{n}": v for n, v in int8_dense.items()},
          "cnn_speedup": cnn_speedup, "cnn_flops_ratio": flops_ratio,
-         "max_abs_diff_onnx": max(f["max_abs_diff"] for f in floats),
-         "max_abs_diff_onnx_forced": max(f["max_abs_diff"] if f["forced_max_abs_diff"] is None else f["forced_max_abs_diff"]
-                                         for f in floats),
-         "qdq_top1_agreement": min(f["top1_agreement"] for f in qdq), "threads": threads}
+         "max_abs_diff_onnx": max((f["max_abs_diff"] for f in floats if f["passed"]), default=None),
+         "max_abs_diff_onnx_forced": max((_forced(f) for f in floats if f["passed"]), default=None),
+         "qdq_top1_agreement": min((f["top1_agreement"] for f in qdq if f["passed"]), default=None),
+         "failed_exports": [f"{f['net']}/{f['model']}" for f in files if not f["passed"]], "threads": threads}
     h["targets_met"] = {
         "int8_speedup": int8_min is not None and int8_min >= TARGET_INT8,
         "cnn_speedup_vs_flops": (cnn_speedup is not None and flops_ratio is not None
                                  and cnn_speedup >= TARGET_FLOPS_FRACTION * flops_ratio),
         "all_exports_verified": all(f["passed"] for f in files),
-        "qdq_top1": h["qdq_top1_agreement"] >= TARGET_TOP1}
+        "qdq_top1": h["qdq_top1_agreement"] is not None and h["qdq_top1_agreement"] >= TARGET_TOP1}
     return h
 
 
@@ -195,6 +222,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--set", nargs="*", default=[], help="extra overrides for both recipes, key.path=value")
     ap.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run of the script")
+    ap.add_argument("--reuse", action="store_true", help="keep finished runs of the same recipes")
     ap.add_argument("--runs-dir", type=Path, default=HERE / "runs" / "export_latency")
     args = ap.parse_args(argv)
     if args.quick:
@@ -221,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     info = machine()
     info["cpu_affinity"] = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     path = write_results("export_latency_quick" if args.quick else "export_latency", {
-        "benchmark": "export_latency", "quick": args.quick, "machine": info, "threads": args.threads,
+        "benchmark": "export_latency", "quick": args.quick, "reused_runs": args.reuse, "machine": info, "threads": args.threads,
         "wall_seconds": seconds, "headline": head,
         "recipes": {n: Recipe.load(RECIPES[n]).override([*(QUICK[n] if args.quick else []), *args.set]).to_dict()
                     for n in args.nets}, "nets": nets})

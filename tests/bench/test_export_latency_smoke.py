@@ -26,7 +26,7 @@ def test_digits_end_to_end(el, tmp_path):
         "data.name=digits", "data.val=0.15", "data.test=0.2", "data.scale=minmax", "train.epochs=2",
         "train.batch_size=64"])
     args = argparse.Namespace(runs_dir=tmp_path, data_dir=None, threads=[1], backends=["ort", "torch"],
-                              rounds=1, repeats=2, warmup=1)
+                              rounds=1, repeats=2, warmup=1, reuse=False)
     net = el.bench_net("lenet300", recipe, args)
     files = {f["model"]: f for f in net["files"]}
     assert set(files) == set(el.FILES) and all(f["passed"] for f in files.values())
