@@ -170,7 +170,8 @@ def bench_net(net: str, recipe: Recipe, args: argparse.Namespace) -> dict[str, A
     mac = {"dense_fp32": macs["dense"], "shrunk_fp32": macs["shrunk"], "int8_qdq": macs["shrunk"]}
     rows = [{"net": net, "model": n, "accuracy": acc[n], "macs": mac[n],
              **{k: v for k, v in f.items() if k != "path"}} for n, f in files.items()]
-    return {"runs": {k: {**v, "dir": os.path.relpath(v["dir"], HERE.parent)} for k, v in runs.items()}, "files": rows, "latency": lat,
+    runs_out = {k: {**v, "dir": os.path.relpath(v["dir"], HERE.parent)} for k, v in runs.items()}
+    return {"runs": runs_out, "files": rows, "latency": lat,
             "macs_dense": macs["dense"], "macs_shrunk": macs["shrunk"], "flops_ratio": macs["dense"] / macs["shrunk"]}
 
 
@@ -249,7 +250,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     info = machine()
     info["cpu_affinity"] = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     path = write_results("export_latency_quick" if args.quick else "export_latency", {
-        "benchmark": "export_latency", "quick": args.quick, "reused_runs": args.reuse, "machine": info, "threads": args.threads,
+        "benchmark": "export_latency", "quick": args.quick, "reused_runs": args.reuse, "machine": info,
+        "threads": args.threads,
         "wall_seconds": seconds, "headline": head,
         "recipes": {n: Recipe.load(RECIPES[n]).override([*(QUICK[n] if args.quick else []), *args.set]).to_dict()
                     for n in args.nets}, "nets": nets})
