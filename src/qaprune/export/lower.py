@@ -16,6 +16,7 @@ from torch import Tensor, fx, nn
 from torch.nn.utils import parametrize
 
 from qaprune.errors import QapruneError
+from qaprune.export.shrink import unrounded
 from qaprune.quant.activations import QuantInput, QuantReLU
 
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -192,7 +193,8 @@ def _channels(model: nn.Module, x: Tensor, names: list[str], *, inputs: bool = F
     hooks = [m.register_forward_pre_hook(grab(n)) if inputs else m.register_forward_hook(grab(n))
              for n, m in zip(names, mods)]
     try:
-        model(x)
+        with unrounded(model):  # no rounding tie can make the two models' channels differ
+            model(x)
     finally:
         for h in hooks:
             h.remove()

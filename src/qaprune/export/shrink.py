@@ -13,6 +13,8 @@ import copy
 import statistics
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -44,7 +46,8 @@ def shrink(model: nn.Module, example_input: Tensor, *, sparse: str = "auto", spa
     """Bake a copy of ``model`` and physically remove its all-zero channels; ``model`` is kept.
     example_input (N, ...): a batch the model accepts (traced, checked, timed on).
     ``sparse``: "auto" (CSR where measured faster), "always" or "never", for Linear layers with
-    at least ``sparse_min`` zero weights. Outputs of the result match the baked model within ``atol``.
+    at least ``sparse_min`` zero weights. Outputs of the result match the baked model within ``atol``
+    with activation rounding off (``unrounded``: with it, float ties may round one step apart).
 
     Example:
         >>> from qaprune.models import build_model
@@ -61,7 +64,7 @@ def shrink(model: nn.Module, example_input: Tensor, *, sparse: str = "auto", spa
     from qaprune.compress import bake
 
     net = bake(copy.deepcopy(model)).eval()
-    with torch.no_grad():
+    with torch.no_grad(), unrounded(net):
         ref = net(example_input)
     plan, not_shrunk = _plan(net, example_input)
     out, removed = _remove_channels(net, example_input, [idxs for _, idxs in plan])
@@ -180,9 +183,38 @@ def _widths(model: nn.Module) -> dict[str, int]:
     return {n: m.weight.shape[0] for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)}
 
 
+@contextmanager
+def unrounded(*models: nn.Module) -> Iterator[None]:
+    """Within the block, the activation quantizers (``QuantReLU``) of ``models`` clip to their
+    range without rounding. Removing channels changes the order of float summations, so a
+    pre-activation within ~1e-7 of a rounding tie may round the other way, one step off, and that
+    moves the outputs far beyond any float tolerance; without rounding, the shrunk model must
+    equal the masked one to float precision exactly when the removal is right. Inputs are
+    rounded as usual (the same operation on the same values in both models).
+
+    Example:
+        >>> from qaprune.quant.activations import QuantReLU
+        >>> q = QuantReLU(bits=2, max_value=3.0)
+        >>> with unrounded(q):
+        ...     q(torch.tensor([-1.0, 0.4, 9.0])).tolist()
+        [0.0, 0.4000000059604645, 3.0]
+    """
+    from qaprune.quant.activations import QuantReLU
+
+    mods = [m for model in models for m in model.modules() if isinstance(m, QuantReLU)]
+    for m in mods:
+        m.forward = lambda x, top=m.max_value: x.clamp(0.0, top)
+    try:
+        yield
+    finally:
+        for m in mods:
+            m.__dict__.pop("forward", None)
+
+
 @torch.no_grad()
 def _max_diff(model: nn.Module, x: Tensor, ref) -> float:
-    out = model(x)
+    with unrounded(model):
+        out = model(x)
     outs, refs = (out, ref) if isinstance(out, (tuple, list)) else ((out,), (ref,))
     return max(float((o - r).abs().max()) if o.numel() else 0.0 for o, r in zip(outs, refs))
 
