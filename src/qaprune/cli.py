@@ -81,11 +81,24 @@ def measure(target: Path = typer.Argument(..., help="A run directory or its mode
 
 
 @app.command()
-def report(run_dir: Path = typer.Argument(..., help="A run directory with results.json.")) -> None:
-    """Write report.html and the plots of a run directory."""
-    from qaprune.report import write_report
+def report(run_dir: Path = typer.Argument(..., help="A run directory (results.json) or a search directory "
+                                          "(study.db, or --storage)."),
+           storage: Optional[str] = typer.Option(None, "--storage", help="A search's Optuna RDB URL "
+                                                 "(default: RUN_DIR/study.db)."),
+           study_name: Optional[str] = typer.Option(None, "--study-name", help="The study, when the storage holds several."),
+           export_best: Optional[Path] = typer.Option(None, "--export-best", help="Also write the Pareto-optimal "
+                                                      "trials' recipes into this folder.")) -> None:
+    """Write report.html and the plots of a run directory, or search.html (Pareto fronts,
+    hypervolume, Pareto table) of a search directory from its study, even while it runs."""
+    if (run_dir / "results.json").is_file() and storage is None:
+        from qaprune.report import write_report
 
-    typer.echo(str(write_report(run_dir)))
+        typer.echo(str(write_report(run_dir)))
+        return
+    from qaprune.autosearch.api import report_search
+
+    result = report_search(run_dir, storage=storage, study_name=study_name, export_best=export_best, log=None)
+    typer.echo(f"{len(result.pareto)} Pareto-optimal of {len(result.trials)} trials; report {result.report}")
 
 
 @app.command("shrink")

@@ -109,6 +109,13 @@ def test_cli_search_exports_recipes_that_reproduce_and_resumes(tmp_path, capsys)
     err = capsys.readouterr().err
     assert "was made with a different recipe (recipe.train.epochs: 1 -> 2)" in err
 
+    (out / "search.html").unlink()  # qaprune report SEARCH_DIR: the report again, from the study alone
+    assert _main(["report", str(out), "--export-best", str(tmp_path / "best2")]) == 0
+    assert "Pareto-optimal of 4 trials" in capsys.readouterr().out and (out / "search.html").is_file()
+    assert json.loads((out / "pareto.json").read_text()) and (tmp_path / "best2" / "pareto.json").is_file()
+    assert _main(["report", str(tmp_path / "best2")]) == 2  # neither a run nor a search
+    assert "no study.db here" in capsys.readouterr().err
+
 
 def test_dense_baseline_sparsity_bound_and_threshold_pruner(tmp_path):
     recipe = make_recipe(objectives=["bops"], pruner="threshold", sparsity_bound={"trials": 2},

@@ -22,6 +22,7 @@ from qaprune.autosearch.spec import SearchSpec
 
 _LAZY = {
     "search": "qaprune.autosearch.api", "SearchResult": "qaprune.autosearch.api",
+    "report_search": "qaprune.autosearch.api",
     "write_search_report": "qaprune.autosearch.report", "export_recipes": "qaprune.autosearch.report",
 }
 

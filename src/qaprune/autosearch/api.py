@@ -15,7 +15,8 @@ from qaprune.autosearch.bound import BOUND_ATTR, DENSE_ATTR, bound_rows, dense_b
 from qaprune.autosearch.objectives import Context, SearchError, constraint_bounds
 from qaprune.autosearch.report import export_recipes, pareto_rows, trial_rows, write_search_report
 from qaprune.autosearch.space import check_space, model_layers, spec_of
-from qaprune.autosearch.study import DEFAULT_HEARTBEAT, open_storage, open_study, shown, storage_url
+from qaprune.autosearch.study import (DEFAULT_HEARTBEAT, RECIPE_ATTR, open_storage, open_study, shown,
+                                      storage_url)
 from qaprune.autosearch.workers import WorkerConfig, counts, run_workers, threads_per_worker, work
 from qaprune.recipe import Recipe
 
@@ -100,6 +101,36 @@ def prepare(recipe: Recipe, *, out: Path, url: str, name: str, data_dir: str | N
     ctx.dense = dense_baseline(study, ctx)
     ctx.bound = sparsity_bound(study, st, ctx, name)
     return study, st, ctx
+
+
+def report_search(out: str | Path, *, storage: str | None = None, study_name: str | None = None,
+                  export_best: str | Path | None = None, log: Callable[[str], None] | None = print) -> SearchResult:
+    """Rewrite the report of the search directory ``out`` from its study, running no trial
+    (``qaprune report SEARCH_DIR``): while workers still run, or after they stopped.
+    ``storage`` defaults to ``OUT/study.db``; ``study_name`` may be left out when the storage
+    holds one study."""
+    import optuna
+
+    out = Path(out)
+    url = storage_url(storage, out)
+    if storage is None and not (out / "study.db").is_file():
+        raise SearchError(f"{out}: no study.db here; give the search directory, or --storage with the URL it used")
+    st = open_storage(url, heartbeat=None)
+    names = optuna.study.get_all_study_names(storage=st)
+    if study_name is None and len(names) != 1:
+        raise SearchError(f"storage {shown(url)} holds {len(names)} studies ({', '.join(names) or 'none'}); "
+                          "name one with --study-name")
+    name = study_name or names[0]
+    if name not in names:
+        raise SearchError(f"storage {shown(url)} has no study {name!r}; it holds: {', '.join(names) or 'none'}")
+    study = optuna.load_study(study_name=name, storage=st)
+    if RECIPE_ATTR not in study.user_attrs:
+        raise SearchError(f"study {name!r} was not made by qaprune search (it has no recipe)")
+    recipe = Recipe.model_validate(study.user_attrs[RECIPE_ATTR])
+    keys = {k for t in study.get_trials(deepcopy=False) for k in t.params if k.startswith("layers.")}
+    layers = sorted({k[len("layers."):].rsplit(".", 1)[0] for k in keys})  # per_layer entries, as sampled
+    ctx = Context(recipe, spec_of(recipe), out, log=log or (lambda _: None), layers=tuple(layers))
+    return finish(study, st, ctx, name=name, url=url, export_best=export_best)
 
 
 def _run_processes(cfgs: list[WorkerConfig], study: Any, trials: int) -> None:
