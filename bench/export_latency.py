@@ -10,7 +10,11 @@ dependency groups, kept counts rounded to 8), and the same recipes with ``prune.
 short (LeNet-300: 2 × 10 epochs on 9k samples; CNN: 2 × 1 epoch on a 20k subset): this benchmark
 is about export exactness, file size and speed, not accuracy (the accuracies are reported but are
 not the point). Each QAP run is exported with ``qaprune.export`` as ``onnx`` (shrunk: pruned
-channels physically removed, float) and ``qdq`` (int8), the dense run as ``onnx``; every export is
+channels physically removed, float), ``onnx`` with ``shrink=False`` (``masked_fp32``: the same
+model, every channel kept) and ``qdq`` (int8), the dense run as ``onnx``. The float exports of the
+QAP model compute its 8-bit activation rounding (Mul, Round, Mul per quantizer) to match it
+exactly, which the plain dense model does not have: the effect of shrinking alone is
+masked → shrunk, and dense → shrunk mixes it with those extra operations. Every export is
 verified by ``qaprune.export`` itself (float: |diff| ≤ 1e-5 + 1e-5·|ref| with activation
 rounding ties teacher-forced; int8 QDQ: identical top-1 on ≥ 99.5% of the test samples). An export
 that fails its verification is recorded as failed (``failed_exports``, ``targets_met``) and not
@@ -25,8 +29,10 @@ of the shrunk model (``metrics.bops.profile``).
 Writes bench/results/export_latency.json (``--quick``: export_latency_quick.json) whose
 ``headline`` holds ``int8_speedup_b256`` (the smaller of the two networks' int8 QDQ / shrunk fp32
 ORT speedups at batch 256: same channels, so it isolates int8), ``int8_speedup_b256_lenet300``,
-``int8_speedup_b256_cnn``, ``cnn_speedup`` (dense fp32 / shrunk fp32, ORT, batch 256),
-``cnn_flops_ratio``, ``max_abs_diff_onnx`` (largest raw |ONNX − PyTorch| over the float exports),
+``int8_speedup_b256_cnn``, ``cnn_speedup`` (masked fp32 / shrunk fp32, ORT, batch 256: the
+gain of removing the channels, same operations otherwise), ``cnn_flops_ratio`` (dense MACs /
+shrunk MACs), ``cnn_speedup_vs_dense_fp32`` (dense fp32 / shrunk fp32), ``max_abs_diff_onnx``
+(largest raw |ONNX − PyTorch| over the float exports),
 ``qdq_top1_agreement`` (smallest over the int8 exports) and ``targets_met``.
 """
 from __future__ import annotations
@@ -62,7 +68,7 @@ RECIPES = {"lenet300": HERE.parent / "recipes" / "export_lenet300.yaml",
 DENSE = ["prune.sparsity=0.0", "quant.weight_bits=32", "quant.act_bits=32", "quant.input_bits=null"]
 QUICK = {"lenet300": ["train.epochs=2"], "cnn": ["data.train=3000", "data.val=500"]}
 TARGET_INT8, TARGET_FLOPS_FRACTION, TARGET_TOP1 = 1.8, 0.8, 0.995
-FILES = ("dense_fp32", "shrunk_fp32", "int8_qdq")
+FILES = ("dense_fp32", "masked_fp32", "shrunk_fp32", "int8_qdq")
 BYTES_COLUMNS = [("net", "net", ""), ("model", "model", ""), ("bytes", "bytes", "d"), ("macs", "MACs", "d"),
                  ("accuracy", "accuracy", ".4f"), ("max_abs_diff", "max|diff|", ".2e"),
                  ("forced_max_abs_diff", "forced|diff|", ".2e"), ("top1_agreement", "top-1 agree", ".4f"),
@@ -70,7 +76,7 @@ BYTES_COLUMNS = [("net", "net", ""), ("model", "model", ""), ("bytes", "bytes", 
 LATENCY_COLUMNS = [("net", "net", ""), ("model", "model", ""), ("backend", "backend", ""), ("batch", "batch", "d"),
                    ("threads", "threads", "d"), ("median_ms", "median ms", ".4f"), ("p10_ms", "p10 ms", ".4f"),
                    ("p90_ms", "p90 ms", ".4f"), ("speedup_vs_dense", "vs dense", ".2f"),
-                   ("speedup_vs_shrunk", "vs shrunk", ".2f")]
+                   ("speedup_vs_masked", "vs masked", ".2f"), ("speedup_vs_shrunk", "vs shrunk", ".2f")]
 
 
 def train(net: str, recipe: Recipe, runs_dir: Path, data_dir: str | None, reuse: bool = False) -> dict[str, Any]:
@@ -97,12 +103,14 @@ def train(net: str, recipe: Recipe, runs_dir: Path, data_dir: str | None, reuse:
 
 def exports(runs: dict[str, Any], data_dir: str | None) -> dict[str, dict[str, Any]]:
     """The three verified files of one network: path, bytes, verification, removed channels."""
-    todo = {"dense_fp32": (runs["dense"]["dir"], "onnx"), "shrunk_fp32": (runs["qap"]["dir"], "onnx"),
-            "int8_qdq": (runs["qap"]["dir"], "qdq")}
+    qap = Path(runs["qap"]["dir"])
+    todo = {"dense_fp32": (runs["dense"]["dir"], "onnx", {}),
+            "masked_fp32": (qap, "onnx", {"shrink": False, "out": qap / "model.masked.onnx"}),
+            "shrunk_fp32": (qap, "onnx", {}), "int8_qdq": (qap, "qdq", {})}
     out = {}
-    for name, (run_dir, fmt) in todo.items():
+    for name, (run_dir, fmt, kw) in todo.items():
         try:
-            r = qaprune.export(run_dir, format=fmt, data_dir=data_dir)
+            r = qaprune.export(run_dir, format=fmt, data_dir=data_dir, **kw)
         except VerificationError as exc:  # recorded, not hidden: the file was not kept
             out[name] = {"path": None, "file": None, "format": fmt, "bytes": None, "passed": False,
                          "max_abs_diff": None, "top1_agreement": None, "forced_max_abs_diff": None,
@@ -125,8 +133,9 @@ def torch_models(runs: dict[str, Any], data_dir: str | None) -> tuple[dict[str, 
     x = data.x_test[:64].cpu()
     dense = bake(copy.deepcopy(dense.cpu().eval()))
     small = shrink(qap.cpu().eval(), x, sparse="never").model.eval()
+    masked = bake(copy.deepcopy(qap.cpu().eval()))
     macs = {name: sum(p.macs for p in profile(m, x[:1])) for name, m in (("dense", dense), ("shrunk", small))}
-    return {"dense_fp32": dense, "shrunk_fp32": small}, tuple(data.input_shape), macs
+    return {"dense_fp32": dense, "masked_fp32": masked, "shrunk_fp32": small}, tuple(data.input_shape), macs
 
 
 def latency(net: str, files: dict[str, dict], models: dict[str, torch.nn.Module], shape: tuple,
@@ -156,6 +165,8 @@ def latency(net: str, files: dict[str, dict], models: dict[str, torch.nn.Module]
             r["speedup_vs_dense"] = ref[("dense_fp32", *key)] / r["median_ms"]
         if r["model"] == "int8_qdq" and ("shrunk_fp32", *key) in ref:
             r["speedup_vs_shrunk"] = ref[("shrunk_fp32", *key)] / r["median_ms"]
+        if r["model"] == "shrunk_fp32" and ("masked_fp32", *key) in ref:
+            r["speedup_vs_masked"] = ref[("masked_fp32", *key)] / r["median_ms"]
     return rows
 
 
@@ -165,9 +176,10 @@ def bench_net(net: str, recipe: Recipe, args: argparse.Namespace) -> dict[str, A
     models, shape, macs = torch_models(runs, args.data_dir)
     torch.set_num_threads(min(args.threads))  # load_run's setup() may have changed it
     lat = latency(net, files, models, shape, args)
-    acc = {"dense_fp32": runs["dense"]["accuracy"], "shrunk_fp32": runs["qap"]["accuracy"],
-           "int8_qdq": runs["qap"]["accuracy"]}
-    mac = {"dense_fp32": macs["dense"], "shrunk_fp32": macs["shrunk"], "int8_qdq": macs["shrunk"]}
+    acc = {"dense_fp32": runs["dense"]["accuracy"], "masked_fp32": runs["qap"]["accuracy"],
+           "shrunk_fp32": runs["qap"]["accuracy"], "int8_qdq": runs["qap"]["accuracy"]}
+    mac = {"dense_fp32": macs["dense"], "masked_fp32": macs["dense"], "shrunk_fp32": macs["shrunk"],
+           "int8_qdq": macs["shrunk"]}
     rows = [{"net": net, "model": n, "accuracy": acc[n], "macs": mac[n],
              **{k: v for k, v in f.items() if k != "path"}} for n, f in files.items()]
     runs_out = {k: {**v, "dir": os.path.relpath(v["dir"], HERE.parent)} for k, v in runs.items()}
@@ -193,12 +205,13 @@ def headline(nets: dict[str, dict], threads: int) -> dict[str, Any]:
     floats = [f for f in files if f["format"] == "onnx"]
     qdq = [f for f in files if f["format"] == "qdq"]
     cnn = nets.get("cnn", {})
-    cnn_speedup = _speed(cnn.get("latency", []), "shrunk_fp32", "speedup_vs_dense", 256, threads)
+    cnn_speedup = _speed(cnn.get("latency", []), "shrunk_fp32", "speedup_vs_masked", 256, threads)
+    cnn_vs_dense = _speed(cnn.get("latency", []), "shrunk_fp32", "speedup_vs_dense", 256, threads)
     flops_ratio = cnn.get("flops_ratio")
     int8_min = min((v for v in int8.values() if v is not None), default=None)
     h = {"int8_speedup_b256": int8_min, **{f"int8_speedup_b256_{n}": v for n, v in int8.items()},
          **{f"int8_vs_dense_speedup_b256_{n}": v for n, v in int8_dense.items()},
-         "cnn_speedup": cnn_speedup, "cnn_flops_ratio": flops_ratio,
+         "cnn_speedup": cnn_speedup, "cnn_flops_ratio": flops_ratio, "cnn_speedup_vs_dense_fp32": cnn_vs_dense,
          "max_abs_diff_onnx": max((f["max_abs_diff"] for f in floats if f["passed"]), default=None),
          "max_abs_diff_onnx_forced": max((_forced(f) for f in floats if f["passed"]), default=None),
          "qdq_top1_agreement": min((f["top1_agreement"] for f in qdq if f["passed"]), default=None),
