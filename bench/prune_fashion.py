@@ -16,8 +16,14 @@ one, far cheaper; ``masked``: before shrinking), measure against the dense model
 fine-tuning (or before, if better). ``--distill --append`` adds points fine-tuned with the dense
 model as teacher (train.distill) to a finished run. PyTorch latency is timed on the deployment form of both models:
 ``speedup_torch`` with TorchScript (folded batch norms, frozen, ``optimize_for_inference``),
-``speedup_torch_eager`` in eager mode with folded batch norms; ONNX Runtime folds them itself. Writes bench/results/prune_fashion.json (``--quick``:
-prune_fashion_quick.json).
+``speedup_torch_eager`` in eager mode with folded batch norms; ONNX Runtime folds them itself.
+Writes bench/results/prune_fashion.json (``--quick``: prune_fashion_quick.json; ``--name``: another
+file). A longer fine-tuning budget on a few criteria, and its merge into the main results (the
+headline is then the better budget's, with its ``finetune_epochs``; every budget is in ``budgets``):
+
+    python bench/prune_fashion.py --data-dir ../shared/datasets --threads 1 --ft-epochs 6 \
+        --criteria lamp magnitude l2 hap --tp magnitude --name prune_fashion_ft6
+    python bench/prune_fashion.py --merge prune_fashion_ft6
 """
 from __future__ import annotations
 
@@ -41,7 +47,7 @@ from torch import Tensor, nn
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import machine, table, write_results  # noqa: E402
+from common import RESULTS, machine, table, write_results  # noqa: E402
 
 from qaprune.compress import attach, bake  # noqa: E402
 from qaprune.errors import RecipeError  # noqa: E402
@@ -339,7 +345,7 @@ def save(args: argparse.Namespace, plan: dict, ref: dict, dense_info: dict, poin
          skipped: list[dict], *, complete: bool) -> Path:
     """Write the results JSON (also after every point, with ``complete`` false)."""
     dense = {**ref, "train_epochs": dense_info["epochs"], "train_seconds": dense_info["train_seconds"]}
-    return write_results("prune_fashion_quick" if args.quick else "prune_fashion", {
+    return write_results(args.name or ("prune_fashion_quick" if args.quick else "prune_fashion"), {
         "benchmark": "prune_fashion", "quick": args.quick, "complete": complete, "machine": machine(),
         "budget": plan, "headline": headline(points, ref), "dense": dense, "points": points, "skipped": skipped})
 
@@ -390,6 +396,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="add these points to the finished results JSON (same dense reference)")
     ap.add_argument("--allocation", choices=("uniform", "global", "lamp"), default="uniform")
     ap.add_argument("--round-to", type=int, default=1, help="kept channels per group: a multiple of this")
+    ap.add_argument("--merge", default=None, metavar="NAME",
+                    help="only merge the finished results NAME.json (another budget) into --name's file")
+    ap.add_argument("--name", default=None, help="results file stem (default prune_fashion; a second budget "
+                    "on a subset of criteria goes to its own file, e.g. prune_fashion_ft6)")
     args = ap.parse_args(argv)
     q = args.quick
     args.criteria = (["magnitude", "taylor"] if q else CRITERIA.names()) if args.criteria is None else args.criteria
@@ -425,6 +435,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed"
     warnings.filterwarnings("ignore", category=FutureWarning)  # the exporter's LeafSpec notice
     args = parse_args(argv)
+    if args.merge:
+        print(f"wrote {merge(args.name or 'prune_fashion', args.merge)}")
+        return
     recipe, ft_spec = configure(args)
     data = load_data(recipe, args.data_dir, setup(recipe))
     plan = budget(args, recipe, ft_spec, data)
@@ -469,6 +482,28 @@ def appended(args: argparse.Namespace, ft: TrainSpec) -> dict:
     return {"criteria": args.criteria, "torch_pruning": args.tp, "sparsities": args.sparsities,
             "finetune_epochs": ft.epochs, "distill": {"teacher": "dense", "temperature": 4.0, "weight": 0.5}
             if args.distill else None}
+
+
+def merge(base: str, extra: str) -> Path:
+    """Add the finished results ``extra`` (a longer fine-tuning budget on a subset of criteria,
+    its own dense reference fine-tuned alike) to ``base`` under ``budgets``; the headline becomes
+    the better of the two budgets' headlines (a criterion within the bound first, then the larger
+    FLOPs reduction), with its ``finetune_epochs``. ``base``'s points stay the full table."""
+    runs = [json.loads((RESULTS / f"{n}.json").read_text()) for n in (base, extra)]
+    if not all(r.get("complete") for r in runs):
+        raise SystemExit(f"--merge: {base}.json and {extra}.json must both be complete")
+    budgets = [{"name": n, "finetune_epochs": r["budget"]["finetune_epochs"], "headline": r["headline"],
+                "dense": r["dense"], **({"budget": r["budget"], "points": r["points"]} if n == extra else {})}
+               for n, r in zip((base, extra), runs)]
+
+    def rank(b: dict) -> tuple:
+        h = b["headline"]
+        return (h["criterion"] is not None, h.get("flops_reduction", 0.0), -h.get("accuracy_drop_points", 99.0))
+
+    top = max(budgets, key=rank)
+    out = {**runs[0], "budgets": [b for b in budgets], "headline": {**top["headline"],
+                                                                    "finetune_epochs": top["finetune_epochs"]}}
+    return write_results(base, out)
 
 
 def report(points: list[dict], h: dict, path: Path) -> None:
