@@ -8,7 +8,9 @@ not know raises ``Unsupported`` naming the layer.
 The ``onnx`` format: the baked float model, pruned channels removed, batch norms folded.
 Activation quantizers are part of the model's function, so they stay in the graph as float
 operations that compute what PyTorch computes (``Clip → Mul(1/step) → Round → Mul(step)``; with a
-learned step ``Div → Clip → Round → Mul``). Models the lowering does not cover are exported with
+learned step ``Div → Clip → Round → Mul``); where a Linear/Conv is the quantizer's only input,
+``1/step`` is folded into its weights and bias (``Clip(lo, hi) → Round → Mul(step)``: the same
+values but at a rounding tie, which the verification allows). Models the lowering does not cover are exported with
 ``torch.onnx.export`` (dynamo) instead. The TorchScript exporter is not a fallback here: it drops
 the in-place rounding of the activation quantizers and silently exports a different function.
 """
@@ -97,6 +99,9 @@ class Emitter:
     def params(self, b: GraphBuilder, site: Site) -> tuple[str, str | None]:
         """(weight value, bias value or None) of a Linear/Conv."""
         raise NotImplementedError
+
+    def produced(self, site: Site, y: str) -> None:
+        """Called with the value a Linear/Conv writes (after ``params``)."""
 
     def act(self, b: GraphBuilder, x: str, grid: ActGrid, name: str, relu: bool) -> tuple[str, ActGrid]:
         """The quantized activation and the grid its values are on as the next layer reads them."""
@@ -220,6 +225,7 @@ class _Walk:
             y = self.b.op("Gemm", inputs, name, transB=1)
         else:
             y = self.b.op("Conv", inputs, name, **_conv_attrs(mod, name))
+        self.em.produced(site, y)
         if bn_node is not None:
             self.folded.add(bn_node)
             self.values[bn_node] = y
@@ -352,16 +358,29 @@ class FloatEmitter(Emitter):
 
     def __init__(self) -> None:
         self.notes: dict[str, str] = {}
+        self.prescaled: set[str] = set()  # values already divided by the step of their quantizer
 
     def params(self, b: GraphBuilder, site: Site) -> tuple[str, str | None]:
         w, bias, _ = fused(site.mod, site.bn)
         g = site.weight
         self.notes[site.name] = ("float" if g is None else f"{g.bits}-bit values in float") + \
             ("" if site.bn is None else ", batch norm folded")
+        if site.y_grid is not None:  # 1/step of the quantizer reading the output, folded in
+            w, bias = w / site.y_grid.step, None if bias is None else bias / site.y_grid.step
+            self.notes[site.name] += ", output in activation steps"
         return b.const(f"{site.name}.weight", w.float()), \
             None if bias is None else b.const(f"{site.name}.bias", bias.float())
 
+    def produced(self, site: Site, y: str) -> None:
+        if site.y_grid is not None:
+            self.prescaled.add(y)
+
     def act(self, b: GraphBuilder, x: str, grid: ActGrid, name: str, relu: bool) -> tuple[str, ActGrid]:
+        if x in self.prescaled:  # Clip → Round → Mul(step): one memory pass fewer
+            y = b.op("Clip", [x, b.scalar(f"{name}.min", float(grid.lo)), b.scalar(f"{name}.max", float(grid.hi))],
+                     name)
+            y = b.op("Round", [y], name)
+            return b.op("Mul", [y, b.scalar(f"{name}.step", grid.step)], name), grid
         return float_act(b, x, grid, name), grid
 
 
