@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -193,3 +194,18 @@ def test_distillation_from_the_round0_model(tmp_path, monkeypatch):
     res = runner.run(recipe, out=tmp_path / "kd", log=lambda *_: None)
     assert seen[0] is None and all(t is not None and not t.training for t in seen[1:])
     assert len(seen) == 3 and 0.0 <= res.metrics["accuracy"] <= 1.0
+
+
+def test_a_teacher_run_is_loaded_with_this_runs_data_dir(tmp_path, monkeypatch):
+    teacher_dir = tmp_path / "teacher"
+    runner.run({**QAP, "prune": {**QAP["prune"], "sparsity": 0.0}}, out=teacher_dir, log=lambda *_: None)
+    calls, real = [], runner.load_run
+
+    def spy(target, *, data_dir=None):
+        calls.append((Path(target), data_dir))
+        return real(target, data_dir=data_dir)
+
+    monkeypatch.setattr(runner, "load_run", spy)
+    recipe = {**QAP, "train": {**QAP["train"], "distill": {"teacher": str(teacher_dir)}}}
+    runner.run(recipe, out=tmp_path / "student", data_dir=str(tmp_path / "data"), log=lambda *_: None)
+    assert calls == [(teacher_dir, str(tmp_path / "data"))]  # where this run found its data

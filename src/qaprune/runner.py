@@ -172,7 +172,7 @@ def run(recipe: Recipe | str | Path | dict, *, out: str | Path | None = None, da
     last = len(targets) + (1 if ks else 0)  # weight sharing is a round of its own, after pruning
     teacher = None
     for step in range(state["next_step"], last + 1):
-        teacher = teacher or _teacher(recipe, data, device, ckpt, step)
+        teacher = teacher or _teacher(recipe, data, device, ckpt, step, data_dir)
         if ks and step == last:
             target, hook, res = final, None, _cluster_round(model, recipe, data, ks, step, progress, teacher)
         else:
@@ -219,7 +219,8 @@ def _cluster_round(model: nn.Module, recipe: Recipe, data, ks: dict[str, int], s
                teacher=teacher, progress=progress, label=f"step {step} (clusters)")
 
 
-def _teacher(recipe: Recipe, data, device: torch.device, ckpt: Path, step: int) -> nn.Module | None:
+def _teacher(recipe: Recipe, data, device: torch.device, ckpt: Path, step: int,
+             data_dir: str | None = None) -> nn.Module | None:
     """The distillation teacher (``train.distill``), frozen in eval mode: this run's round-0 model
     (from its checkpoint, so also after --resume; available from round 1 on) or another run's."""
     d = recipe.train.distill
@@ -228,7 +229,7 @@ def _teacher(recipe: Recipe, data, device: torch.device, ckpt: Path, step: int) 
     if d.teacher == "round0":
         teacher = load_into(build(recipe, data, device), ckpt / "step_000.safetensors")
     else:
-        teacher = load_run(d.teacher)[2].to(device)
+        teacher = load_run(d.teacher, data_dir=data_dir)[2].to(device)  # its data: where this run's is
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher.eval()
