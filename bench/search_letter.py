@@ -29,9 +29,9 @@ every BOPs reduction is against its BOPs and every accuracy drop against its tes
   headline's hypervolume is the larger of the two. Beside them ``tpe-target``: MOTPE with the
   constraint at the target itself (accuracy >= dense - 0.5 points). The headline's
   ``bops_reduction`` is the best within 0.5 points over the three 30-trial searches
-  (``bops_reduction_sampler`` says which; each one's is ``bops_reduction_<sampler>``). The grid: uniform bits b for every weight,
-  activation and the input, b in {4, 5, 6, 7, 8}, x sparsity 0, 0.05, .., 0.95 (100 points, inside
-  the search space). Bits below 3 are left out of both: with the 80-epoch budget of a first run,
+  (``bops_reduction_sampler`` says which; each one's is ``bops_reduction_<sampler>``). The grid:
+  uniform bits b for every weight, activation and the input, b in {4, 5, 6, 7, 8}, x sparsity
+  0, 0.05, .., 0.95 (100 points, inside the search space). Bits below 3 are left out of both: with the 80-epoch budget of a first run,
   uniform 2 bits reached 41-53% and 3 bits 76-79% against 94.2% dense.
 - hypervolume: ``qaprune.autosearch.front.hypervolume`` of the points as losses normalized with a
   box fixed by the dense model (not ``normalizer``, which takes ideal and span from the points it
@@ -261,7 +261,8 @@ def part_search(args, ref: dict) -> dict:
            for s, r in runs.items()},
     }
     print(f"\nsearch ({chosen['trials']} trials each): {fmt(headline['bops_reduction'])} fewer BOPs "
-          f"than dense within 0.5 points ({headline['bops_reduction_sampler']}: {headline['best_search_config']}); grid: "
+          f"than dense within 0.5 points ({headline['bops_reduction_sampler']}: "
+          f"{headline['best_search_config']}); grid: "
           f"{fmt(headline['grid_bops_reduction'])} ({headline['best_grid_config']}); hypervolume search "
           f"{chosen['hypervolume']:.4f} vs grid ({len(grid)} points) {hv_grid:.4f}", flush=True)
     compute = sum(r["seconds"]["trials_span"] for r in runs.values()) + sum(p["seconds"] for p in grid)
@@ -393,7 +394,8 @@ def merge(name: str, part: str, out: dict, args, ref: dict, seconds: float) -> P
     data.setdefault("dense", {})[part] = ref
     data.setdefault("budget", {})[part] = (QUICK_BUDGET if args.quick else
                                           WORKERS_BUDGET if part == "workers" else BUDGET)
-    data.setdefault("seconds", {})[part] = out["section"].get("compute_seconds", seconds)  # search: its runs, also read back
+    # search: the compute of its runs, also of runs read back
+    data.setdefault("seconds", {})[part] = out["section"].get("compute_seconds", seconds)
     head = data.setdefault("headline", {k: None for k in ("bops_reduction", "accuracy_drop_points",
                                                           "hypervolume_search_30", "hypervolume_grid_100",
                                                           "workers2_speedup", "width_search_bops_reduction",

@@ -85,7 +85,8 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory (results.js
                                           "(study.db, or --storage)."),
            storage: Optional[str] = typer.Option(None, "--storage", help="A search's Optuna RDB URL "
                                                  "(default: RUN_DIR/study.db)."),
-           study_name: Optional[str] = typer.Option(None, "--study-name", help="The study, when the storage holds several."),
+           study_name: Optional[str] = typer.Option(None, "--study-name",
+                                                    help="The study, when the storage holds several."),
            export_best: Optional[Path] = typer.Option(None, "--export-best", help="Also write the Pareto-optimal "
                                                       "trials' recipes into this folder.")) -> None:
     """Write report.html and the plots of a run directory, or search.html (Pareto fronts,

@@ -104,7 +104,8 @@ def prepare(recipe: Recipe, *, out: Path, url: str, name: str, data_dir: str | N
 
 
 def report_search(out: str | Path, *, storage: str | None = None, study_name: str | None = None,
-                  export_best: str | Path | None = None, log: Callable[[str], None] | None = print) -> SearchResult:
+                  export_best: str | Path | None = None,
+                  log: Callable[[str], None] | None = print) -> SearchResult:
     """Rewrite the report of the search directory ``out`` from its study, running no trial
     (``qaprune report SEARCH_DIR``): while workers still run, or after they stopped.
     ``storage`` defaults to ``OUT/study.db``; ``study_name`` may be left out when the storage

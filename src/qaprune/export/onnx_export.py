@@ -10,8 +10,8 @@ Activation quantizers are part of the model's function, so they stay in the grap
 operations that compute what PyTorch computes (``Clip → Mul(1/step) → Round → Mul(step)``; with a
 learned step ``Div → Clip → Round → Mul``); where a Linear/Conv is the quantizer's only input,
 ``1/step`` is folded into its weights and bias (``Clip(lo, hi) → Round → Mul(step)``: the same
-values but at a rounding tie, which the verification allows). Models the lowering does not cover are exported with
-``torch.onnx.export`` (dynamo) instead. The TorchScript exporter is not a fallback here: it drops
+values but at a rounding tie, which the verification allows). Models the lowering does not cover
+are exported with ``torch.onnx.export`` (dynamo) instead. The TorchScript exporter is not a fallback here: it drops
 the in-place rounding of the activation quantizers and silently exports a different function.
 """
 from __future__ import annotations
@@ -376,17 +376,16 @@ class FloatEmitter(Emitter):
             self.prescaled.add(y)
 
     def act(self, b: GraphBuilder, x: str, grid: ActGrid, name: str, relu: bool) -> tuple[str, ActGrid]:
-        if x in self.prescaled:  # Clip → Round → Mul(step): one memory pass fewer
-            y = b.op("Clip", [x, b.scalar(f"{name}.min", float(grid.lo)), b.scalar(f"{name}.max", float(grid.hi))],
-                     name)
-            y = b.op("Round", [y], name)
-            return b.op("Mul", [y, b.scalar(f"{name}.step", grid.step)], name), grid
-        return float_act(b, x, grid, name), grid
+        return float_act(b, x, grid, name, prescaled=x in self.prescaled), grid
 
 
-def float_act(b: GraphBuilder, x: str, g: ActGrid, name: str) -> str:
-    """The float operations of an activation quantizer, in PyTorch's order and float32 constants."""
-    if g.form == "ste":
+def float_act(b: GraphBuilder, x: str, g: ActGrid, name: str, *, prescaled: bool = False) -> str:
+    """The float operations of an activation quantizer, in PyTorch's order and float32 constants.
+    ``prescaled``: ``x`` is already in steps (``1/step`` folded into the layer before), so
+    ``Clip(lo, hi) → Round → Mul(step)``: one memory pass fewer."""
+    if prescaled:
+        y = b.op("Clip", [x, b.scalar(f"{name}.min", float(g.lo)), b.scalar(f"{name}.max", float(g.hi))], name)
+    elif g.form == "ste":
         y = b.op("Clip", [x, b.scalar(f"{name}.min", g.lo * g.step), b.scalar(f"{name}.max", g.hi * g.step)], name)
         y = b.op("Mul", [y, b.scalar(f"{name}.inv_step", 1.0 / g.step)], name)
     else:

@@ -4,8 +4,8 @@ checked against the masked model, exported to ONNX and timed against the unshrun
 Writes ``model.shrunk.onnx`` (or ``--out``) and ``shrink.json`` in the run directory: removed
 channels per layer, the layers that were not shrunk and why, MACs and parameters before and
 after, the maximum output difference (activation rounding off: exact removal; and as deployed,
-where float ties may round one step apart) and top-1 agreement on the test split, and (unless turned
-off) the measured latency of both models in PyTorch eager and ONNX Runtime. Both are timed in
+where float ties may round one step apart) and top-1 agreement on the test split, and (unless
+turned off) the measured latency of both models in PyTorch eager and ONNX Runtime. Both are timed in
 their deployment form: baked, batch norms folded into the layers before them.
 """
 from __future__ import annotations
@@ -49,8 +49,8 @@ def shrink_run(target: str | Path, *, data_dir: str | None = None, out: str | Pa
     onnx_path = Path(out) if out is not None else run_dir / "model.shrunk.onnx"
     how = export_onnx(shrunk, tuple(data.input_shape), str(onnx_path))
     summary = {"removed": res.removed, "not_shrunk": res.not_shrunk, "max_abs_diff": diff,
-               "max_abs_diff_rounded": rounded, "top1_agreement": agree, "batchnorm_folded": folded, "onnx": onnx_path.name,
-               "onnx_export": how, **_sizes(dense, shrunk, x_test[:1])}
+               "max_abs_diff_rounded": rounded, "top1_agreement": agree, "batchnorm_folded": folded,
+               "onnx": onnx_path.name, "onnx_export": how, **_sizes(dense, shrunk, x_test[:1])}
     if latency:
         summary["latency"] = _latency(dense, shrunk, tuple(data.input_shape), batch_sizes, threads, repeats)
     write_json(run_dir / "shrink.json", summary)
