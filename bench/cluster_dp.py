@@ -15,6 +15,7 @@ Prints a table and writes bench/results/cluster_dp.json whose ``headline`` holds
 the Laplace weights, ``sse_ratio_lloyd_vs_dp`` (Lloyd n_init=1 SSE / DP SSE, >= 1 since the DP
 is optimal), ``dp_seconds`` and ``lloyd_seconds`` (wall) and their CPU seconds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,14 +30,21 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import machine, table, write_results  # noqa: E402
+from common import machine, table, write_results
 
-from qaprune.quant.cluster import kmeans_1d  # noqa: E402
+from qaprune.quant.cluster import kmeans_1d
 
 WEIGHTS = HERE / "runs" / "mpd_mnist" / "lenet300-dense-s0" / "model.safetensors"
-COLUMNS = [("data", "data", ""), ("n", "n", "d"), ("k", "k", "d"), ("method", "method", ""),
-           ("sse", "SSE", ".6g"), ("sse_ratio", "SSE / DP", ".5f"), ("seconds", "wall s", ".2f"),
-           ("cpu_seconds", "CPU s", ".2f")]
+COLUMNS = [
+    ("data", "data", ""),
+    ("n", "n", "d"),
+    ("k", "k", "d"),
+    ("method", "method", ""),
+    ("sse", "SSE", ".6g"),
+    ("sse_ratio", "SSE / DP", ".5f"),
+    ("seconds", "wall s", ".2f"),
+    ("cpu_seconds", "CPU s", ".2f"),
+]
 
 
 def datasets(args: argparse.Namespace) -> dict[str, np.ndarray]:
@@ -68,8 +76,7 @@ def run_dp(x: np.ndarray, k: int) -> dict[str, Any]:
     (c, a, sse), wall, cpu = timed(lambda: kmeans_1d(torch.from_numpy(x), k))
     check = sse_of(x, c.numpy(), a.numpy())
     assert abs(check - sse) <= 1e-9 * max(check, 1e-300), (check, sse)
-    return {"method": "dp (optimal)", "sse": sse, "seconds": wall, "cpu_seconds": cpu,
-            "clusters": int(c.numel())}
+    return {"method": "dp (optimal)", "sse": sse, "seconds": wall, "cpu_seconds": cpu, "clusters": int(c.numel())}
 
 
 def run_lloyd(x: np.ndarray, k: int, n_init: int, seed: int) -> dict[str, Any]:
@@ -77,8 +84,13 @@ def run_lloyd(x: np.ndarray, k: int, n_init: int, seed: int) -> dict[str, Any]:
 
     x64 = x.astype(np.float64)[:, None]
     km, wall, cpu = timed(lambda: KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(x64))
-    return {"method": f"lloyd n_init={n_init}", "sse": sse_of(x, km.cluster_centers_[:, 0], km.labels_),
-            "seconds": wall, "cpu_seconds": cpu, "iterations": int(km.n_iter_)}
+    return {
+        "method": f"lloyd n_init={n_init}",
+        "sse": sse_of(x, km.cluster_centers_[:, 0], km.labels_),
+        "seconds": wall,
+        "cpu_seconds": cpu,
+        "iterations": int(km.n_iter_),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -102,12 +114,22 @@ def main(argv: list[str] | None = None) -> None:
                 print(table(rows[-1:], COLUMNS).splitlines()[-1], flush=True)
     print("\n" + table(rows, COLUMNS))
     head = headline(rows, args.n_init[0])
-    path = write_results("cluster_dp_quick" if args.quick else "cluster_dp", {
-        "benchmark": "cluster_dp", "quick": args.quick, "machine": machine(),
-        "threads": torch.get_num_threads(), "wall_seconds": time.perf_counter() - t_start,
-        "headline": head, "rows": rows})
-    print(f"\nheadline (k={head['k']}, laplace): Lloyd SSE / DP SSE = {head['sse_ratio_lloyd_vs_dp']:.4f}, "
-          f"DP {head['dp_seconds']:.2f} s, Lloyd {head['lloyd_seconds']:.2f} s (wall)\n{path}")
+    path = write_results(
+        "cluster_dp_quick" if args.quick else "cluster_dp",
+        {
+            "benchmark": "cluster_dp",
+            "quick": args.quick,
+            "machine": machine(),
+            "threads": torch.get_num_threads(),
+            "wall_seconds": time.perf_counter() - t_start,
+            "headline": head,
+            "rows": rows,
+        },
+    )
+    print(
+        f"\nheadline (k={head['k']}, laplace): Lloyd SSE / DP SSE = {head['sse_ratio_lloyd_vs_dp']:.4f}, "
+        f"DP {head['dp_seconds']:.2f} s, Lloyd {head['lloyd_seconds']:.2f} s (wall)\n{path}"
+    )
 
 
 def headline(rows: list[dict[str, Any]], n_init: int) -> dict[str, Any]:
@@ -115,10 +137,19 @@ def headline(rows: list[dict[str, Any]], n_init: int) -> dict[str, Any]:
     ks = sorted({r["k"] for r in rows}, key=lambda k: abs(k - 16))
     pick = {r["method"]: r for r in rows if r["data"] == "laplace" and r["k"] == ks[0]}
     dp, lloyd = pick["dp (optimal)"], pick[f"lloyd n_init={n_init}"]
-    return {"k": ks[0], "data": "laplace", "n": dp["n"], "lloyd": lloyd["method"],
-            "sse_ratio_lloyd_vs_dp": lloyd["sse"] / dp["sse"], "dp_seconds": dp["seconds"],
-            "lloyd_seconds": lloyd["seconds"], "dp_cpu_seconds": dp["cpu_seconds"],
-            "lloyd_cpu_seconds": lloyd["cpu_seconds"], "dp_sse": dp["sse"], "lloyd_sse": lloyd["sse"]}
+    return {
+        "k": ks[0],
+        "data": "laplace",
+        "n": dp["n"],
+        "lloyd": lloyd["method"],
+        "sse_ratio_lloyd_vs_dp": lloyd["sse"] / dp["sse"],
+        "dp_seconds": dp["seconds"],
+        "lloyd_seconds": lloyd["seconds"],
+        "dp_cpu_seconds": dp["cpu_seconds"],
+        "lloyd_cpu_seconds": lloyd["cpu_seconds"],
+        "dp_sse": dp["sse"],
+        "lloyd_sse": lloyd["sse"],
+    }
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Shared pieces of the benchmarks: the machine, result files, the within-tolerance headline."""
+
 from __future__ import annotations
 
 import json
@@ -18,22 +19,27 @@ def machine() -> dict[str, Any]:
 
     info = environment()
     try:
-        model = [l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                 if l.startswith("model name")]
+        model = [
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ]
         info["cpu"] = model[0] if model else platform.processor()
     except OSError:
         info["cpu"] = platform.processor()
     info["cuda"] = torch.cuda.is_available()
     try:
-        info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                        text=True, check=False).stdout.strip()
+        info["commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
     except OSError:
         pass
     return info
 
 
-def best_within(points: list[dict[str, Any]], *, ref_accuracy: float, tolerance_points: float = 0.5,
-                key: str = "bops_reduction") -> dict[str, Any] | None:
+def best_within(
+    points: list[dict[str, Any]], *, ref_accuracy: float, tolerance_points: float = 0.5, key: str = "bops_reduction"
+) -> dict[str, Any] | None:
     """The point with the largest ``key`` whose accuracy is at most ``tolerance_points`` below
     ``ref_accuracy`` (accuracies in 0..1), or None."""
     ok = [p for p in points if 100.0 * (ref_accuracy - p["accuracy"]) <= tolerance_points + 1e-9]

@@ -26,6 +26,7 @@ per model, the largest compression within 0.5 points of that model's dense accur
 the closest variant, when none is), against the anchor (Deep Compression: 40× LeNet-300-100,
 39× LeNet-5, no accuracy loss) and the targets (50×, 45×).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,24 +42,33 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import best_within, machine, table, write_results  # noqa: E402
+from common import best_within, machine, table, write_results
 
-from qaprune.quant.cluster import cluster_k  # noqa: E402
-from qaprune.recipe import Recipe  # noqa: E402
-from qaprune.runner import build, clean, load_data, run, setup  # noqa: E402
-from qaprune.storage import load_qap_into, qap_report  # noqa: E402
+from qaprune.quant.cluster import cluster_k
+from qaprune.recipe import Recipe
+from qaprune.runner import build, clean, load_data, run, setup
+from qaprune.storage import load_qap_into, qap_report
 
-RECIPES = {"lenet300": HERE.parent / "recipes" / "dc_lenet300.yaml",
-           "lenet5": HERE.parent / "recipes" / "dc_lenet5.yaml"}
-ANCHOR = {"lenet300": 40.0, "lenet5": 39.0}   # Deep Compression (Han et al. 2016), Table 1
+RECIPES = {
+    "lenet300": HERE.parent / "recipes" / "dc_lenet300.yaml",
+    "lenet5": HERE.parent / "recipes" / "dc_lenet5.yaml",
+}
+ANCHOR = {"lenet300": 40.0, "lenet5": 39.0}  # Deep Compression (Han et al. 2016), Table 1
 TARGET = {"lenet300": 50.0, "lenet5": 45.0}
 TOLERANCE_POINTS = 0.5
 DENSE = ("prune.sparsity=0.0", "quant.clusters=null", "layers={}")
 QUICK = ("train.epochs=4", "prune.start_epoch=1", "prune.n_steps=2", "quant.cluster_epochs=1")
-COLUMNS = [("model", "model", ""), ("variant", "variant", ""), ("accuracy", "accuracy", ".4f"),
-           ("drop_points", "drop (pts)", ".2f"), ("sparsity", "sparsity", ".3f"),
-           ("size_bytes", "bytes", "d"), ("compression", "compression", ".1f"),
-           ("bits_per_nonzero", "bits/nz", ".2f"), ("seconds", "seconds", ".0f")]
+COLUMNS = [
+    ("model", "model", ""),
+    ("variant", "variant", ""),
+    ("accuracy", "accuracy", ".4f"),
+    ("drop_points", "drop (pts)", ".2f"),
+    ("sparsity", "sparsity", ".3f"),
+    ("size_bytes", "bytes", "d"),
+    ("compression", "compression", ".1f"),
+    ("bits_per_nonzero", "bits/nz", ".2f"),
+    ("seconds", "seconds", ".0f"),
+]
 
 
 @dataclass(frozen=True)
@@ -75,8 +85,9 @@ def _dc(s: float) -> Variant:
 
 
 def _qap(s: float, bits: int = 6) -> Variant:
-    return Variant(f"qap-{s:g}-w{bits}", "qap+clusters",
-                   (f"prune.sparsity={s}", f"quant.weight_bits={bits}", "quant.bias_bits=8"))
+    return Variant(
+        f"qap-{s:g}-w{bits}", "qap+clusters", (f"prune.sparsity={s}", f"quant.weight_bits={bits}", "quant.bias_bits=8")
+    )
 
 
 VARIANTS: dict[str, list[Variant]] = {
@@ -88,8 +99,7 @@ VARIANTS: dict[str, list[Variant]] = {
 def run_variant(model: str, variant: Variant, args: argparse.Namespace) -> dict[str, Any]:
     """Run one variant; its accuracy, the real size of its ``model.qap`` and how each tensor was
     stored; the artifact is loaded back into a fresh model and re-scored on the test set."""
-    recipe = Recipe.load(RECIPES[model]).override(
-        [*variant.sets, f"name={model}-{variant.name}", *args.set])
+    recipe = Recipe.load(RECIPES[model]).override([*variant.sets, f"name={model}-{variant.name}", *args.set])
     out = args.runs_dir / model / variant.name
     clean(out)
     t0 = time.perf_counter()
@@ -99,16 +109,33 @@ def run_variant(model: str, variant: Variant, args: argparse.Namespace) -> dict[
     size = qap.stat().st_size
     tensors = [_tensor_row(r) for r in qap_report(qap)]
     nonzero_bytes = sum(t["bytes"] for t in tensors if t["weight"])
-    row = {"model": model, "variant": variant.name, "method": variant.method, "accuracy": m["accuracy"],
-           "artifact_accuracy": artifact_accuracy(recipe, out, args.data_dir),
-           "sparsity": m["sparsity"], "params": m["params"], "nonzero_params": m["nonzero_params"],
-           "size_bytes": size, "size_bytes_metric": m["size_bytes"], "size_bytes_fp32": m["size_bytes_fp32"],
-           "bits_per_nonzero": 8 * nonzero_bytes / max(m["nonzero_params"], 1),
-           "clusters": _clusters(recipe, res.results["layers"]), "weight_bits": recipe.quant.weight_bits,
-           "bias_bits": recipe.quant.bias_bits, "epochs": res.results["timing"]["epochs"],
-           "seconds": seconds, "overrides": list(variant.sets), "run_dir": _shown(out), "tensors": tensors}
-    print(f"{model:<9} {variant.name:<14} accuracy {row['accuracy']:.4f}  {size:>8d} bytes  "
-          f"sparsity {row['sparsity']:.3f}  {seconds:.0f} s", flush=True)
+    row = {
+        "model": model,
+        "variant": variant.name,
+        "method": variant.method,
+        "accuracy": m["accuracy"],
+        "artifact_accuracy": artifact_accuracy(recipe, out, args.data_dir),
+        "sparsity": m["sparsity"],
+        "params": m["params"],
+        "nonzero_params": m["nonzero_params"],
+        "size_bytes": size,
+        "size_bytes_metric": m["size_bytes"],
+        "size_bytes_fp32": m["size_bytes_fp32"],
+        "bits_per_nonzero": 8 * nonzero_bytes / max(m["nonzero_params"], 1),
+        "clusters": _clusters(recipe, res.results["layers"]),
+        "weight_bits": recipe.quant.weight_bits,
+        "bias_bits": recipe.quant.bias_bits,
+        "epochs": res.results["timing"]["epochs"],
+        "seconds": seconds,
+        "overrides": list(variant.sets),
+        "run_dir": _shown(out),
+        "tensors": tensors,
+    }
+    print(
+        f"{model:<9} {variant.name:<14} accuracy {row['accuracy']:.4f}  {size:>8d} bytes  "
+        f"sparsity {row['sparsity']:.3f}  {seconds:.0f} s",
+        flush=True,
+    )
     return row
 
 
@@ -208,25 +235,40 @@ def report(rows: list[dict[str, Any]], head: dict[str, Any], args: argparse.Name
     print(table(rows, COLUMNS))
     for r in rows:
         if abs(r["artifact_accuracy"] - r["accuracy"]) > 1e-9:
-            print(f"WARNING {r['model']}/{r['variant']}: the decoded artifact scores "
-                  f"{r['artifact_accuracy']:.4f}, the run {r['accuracy']:.4f}")
+            print(
+                f"WARNING {r['model']}/{r['variant']}: the decoded artifact scores "
+                f"{r['artifact_accuracy']:.4f}, the run {r['accuracy']:.4f}"
+            )
     info = machine()
     info["cpu_affinity"] = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    path = write_results("deep_compression_mnist_quick" if args.quick else "deep_compression_mnist", {
-        "benchmark": "deep_compression_mnist", "quick": args.quick, "machine": info, "wall_seconds": seconds,
-        "recipes": {m: Recipe.load(RECIPES[m]).override(args.set).to_dict() for m in args.models},
-        "extra_overrides": args.set, "headline": head, "runs": rows})
+    path = write_results(
+        "deep_compression_mnist_quick" if args.quick else "deep_compression_mnist",
+        {
+            "benchmark": "deep_compression_mnist",
+            "quick": args.quick,
+            "machine": info,
+            "wall_seconds": seconds,
+            "recipes": {m: Recipe.load(RECIPES[m]).override(args.set).to_dict() for m in args.models},
+            "extra_overrides": args.set,
+            "headline": head,
+            "runs": rows,
+        },
+    )
     print()
     for model in args.models:
         comp, drop = head.get(f"{model}_compression"), head.get(f"{model}_accuracy_drop_points")
         if comp is None:
             c = head.get(f"{model}_closest", {})
-            print(f"{model}: no variant within {TOLERANCE_POINTS} points of dense; closest {c.get('variant')} "
-                  f"({c.get('compression', float('nan')):.1f}x, {c.get('drop_points', float('nan')):.2f} points)")
+            print(
+                f"{model}: no variant within {TOLERANCE_POINTS} points of dense; closest {c.get('variant')} "
+                f"({c.get('compression', float('nan')):.1f}x, {c.get('drop_points', float('nan')):.2f} points)"
+            )
         else:
-            print(f"{model}: {comp:.1f}x ({head[f'{model}_variant']}, {drop:.2f} points below dense "
-                  f"{100 * head[f'{model}_dense_accuracy']:.2f}); target {TARGET[model]:.0f}x "
-                  f"{'met' if head['targets_met'][model] else 'missed'}, anchor {ANCHOR[model]:.0f}x")
+            print(
+                f"{model}: {comp:.1f}x ({head[f'{model}_variant']}, {drop:.2f} points below dense "
+                f"{100 * head[f'{model}_dense_accuracy']:.2f}); target {TARGET[model]:.0f}x "
+                f"{'met' if head['targets_met'][model] else 'missed'}, anchor {ANCHOR[model]:.0f}x"
+            )
     print(f"wrote {path} in {seconds:.0f} s")
     return path
 

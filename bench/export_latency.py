@@ -35,6 +35,7 @@ shrunk MACs), ``cnn_speedup_vs_dense_fp32`` (dense fp32 / shrunk fp32), ``max_ab
 (largest raw |ONNX − PyTorch| over the float exports),
 ``qdq_top1_agreement`` (smallest over the int8 exports) and ``targets_met``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,31 +53,49 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import machine, table, write_results  # noqa: E402
+from common import machine, table, write_results
 
-import qaprune  # noqa: E402
-from qaprune.compress import bake  # noqa: E402
-from qaprune.export.shrink import shrink  # noqa: E402
-from qaprune.export.verify import VerificationError  # noqa: E402
-from qaprune.metrics.bops import profile  # noqa: E402
-from qaprune.metrics.latency import measure_latency  # noqa: E402
-from qaprune.recipe import Recipe  # noqa: E402
-from qaprune.runner import clean, load_run, run  # noqa: E402
+import qaprune
+from qaprune.compress import bake
+from qaprune.export.shrink import shrink
+from qaprune.export.verify import VerificationError
+from qaprune.metrics.bops import profile
+from qaprune.metrics.latency import measure_latency
+from qaprune.recipe import Recipe
+from qaprune.runner import clean, load_run, run
 
-RECIPES = {"lenet300": HERE.parent / "recipes" / "export_lenet300.yaml",
-           "cnn": HERE.parent / "recipes" / "export_fashion_cnn.yaml"}
+RECIPES = {
+    "lenet300": HERE.parent / "recipes" / "export_lenet300.yaml",
+    "cnn": HERE.parent / "recipes" / "export_fashion_cnn.yaml",
+}
 DENSE = ["prune.sparsity=0.0", "quant.weight_bits=32", "quant.act_bits=32", "quant.input_bits=null"]
 QUICK = {"lenet300": ["train.epochs=2"], "cnn": ["data.train=3000", "data.val=500"]}
 TARGET_INT8, TARGET_FLOPS_FRACTION, TARGET_TOP1 = 1.8, 0.8, 0.995
 FILES = ("dense_fp32", "masked_fp32", "shrunk_fp32", "int8_qdq")
-BYTES_COLUMNS = [("net", "net", ""), ("model", "model", ""), ("bytes", "bytes", "d"), ("macs", "MACs", "d"),
-                 ("accuracy", "accuracy", ".4f"), ("max_abs_diff", "max|diff|", ".2e"),
-                 ("forced_max_abs_diff", "forced|diff|", ".2e"), ("top1_agreement", "top-1 agree", ".4f"),
-                 ("passed", "verified", "")]
-LATENCY_COLUMNS = [("net", "net", ""), ("model", "model", ""), ("backend", "backend", ""), ("batch", "batch", "d"),
-                   ("threads", "threads", "d"), ("median_ms", "median ms", ".4f"), ("p10_ms", "p10 ms", ".4f"),
-                   ("p90_ms", "p90 ms", ".4f"), ("speedup_vs_dense", "vs dense", ".2f"),
-                   ("speedup_vs_masked", "vs masked", ".2f"), ("speedup_vs_shrunk", "vs shrunk", ".2f")]
+BYTES_COLUMNS = [
+    ("net", "net", ""),
+    ("model", "model", ""),
+    ("bytes", "bytes", "d"),
+    ("macs", "MACs", "d"),
+    ("accuracy", "accuracy", ".4f"),
+    ("max_abs_diff", "max|diff|", ".2e"),
+    ("forced_max_abs_diff", "forced|diff|", ".2e"),
+    ("top1_agreement", "top-1 agree", ".4f"),
+    ("passed", "verified", ""),
+]
+LATENCY_COLUMNS = [
+    ("net", "net", ""),
+    ("model", "model", ""),
+    ("backend", "backend", ""),
+    ("batch", "batch", "d"),
+    ("threads", "threads", "d"),
+    ("median_ms", "median ms", ".4f"),
+    ("p10_ms", "p10 ms", ".4f"),
+    ("p90_ms", "p90 ms", ".4f"),
+    ("speedup_vs_dense", "vs dense", ".2f"),
+    ("speedup_vs_masked", "vs masked", ".2f"),
+    ("speedup_vs_shrunk", "vs shrunk", ".2f"),
+]
 
 
 def train(net: str, recipe: Recipe, runs_dir: Path, data_dir: str | None, reuse: bool = False) -> dict[str, Any]:
@@ -93,9 +112,14 @@ def train(net: str, recipe: Recipe, runs_dir: Path, data_dir: str | None, reuse:
             clean(run_dir)
             results = run(r, out=run_dir, data_dir=data_dir, log=lambda *_: None).results
         m = results["metrics"]
-        out[kind] = {"dir": run_dir, "accuracy": m["accuracy"], "seconds": time.perf_counter() - t0,
-                     "train_seconds": results["timing"]["train_seconds"], "epochs": results["timing"]["epochs"],
-                     "sparsity": m["sparsity"]}
+        out[kind] = {
+            "dir": run_dir,
+            "accuracy": m["accuracy"],
+            "seconds": time.perf_counter() - t0,
+            "train_seconds": results["timing"]["train_seconds"],
+            "epochs": results["timing"]["epochs"],
+            "sparsity": m["sparsity"],
+        }
         res = argparse.Namespace(metrics=m)
         print(f"{net} {kind}: accuracy {res.metrics['accuracy']:.4f} in {out[kind]['seconds']:.0f} s", flush=True)
     return out
@@ -104,25 +128,46 @@ def train(net: str, recipe: Recipe, runs_dir: Path, data_dir: str | None, reuse:
 def exports(runs: dict[str, Any], data_dir: str | None) -> dict[str, dict[str, Any]]:
     """The three verified files of one network: path, bytes, verification, removed channels."""
     qap = Path(runs["qap"]["dir"])
-    todo = {"dense_fp32": (runs["dense"]["dir"], "onnx", {}),
-            "masked_fp32": (qap, "onnx", {"shrink": False, "out": qap / "model.masked.onnx"}),
-            "shrunk_fp32": (qap, "onnx", {}), "int8_qdq": (qap, "qdq", {})}
+    todo = {
+        "dense_fp32": (runs["dense"]["dir"], "onnx", {}),
+        "masked_fp32": (qap, "onnx", {"shrink": False, "out": qap / "model.masked.onnx"}),
+        "shrunk_fp32": (qap, "onnx", {}),
+        "int8_qdq": (qap, "qdq", {}),
+    }
     out = {}
     for name, (run_dir, fmt, kw) in todo.items():
         try:
             r = qaprune.export(run_dir, format=fmt, data_dir=data_dir, **kw)
         except VerificationError as exc:  # recorded, not hidden: the file was not kept
-            out[name] = {"path": None, "file": None, "format": fmt, "bytes": None, "passed": False,
-                         "max_abs_diff": None, "top1_agreement": None, "forced_max_abs_diff": None,
-                         "error": str(exc)}
+            out[name] = {
+                "path": None,
+                "file": None,
+                "format": fmt,
+                "bytes": None,
+                "passed": False,
+                "max_abs_diff": None,
+                "top1_agreement": None,
+                "forced_max_abs_diff": None,
+                "error": str(exc),
+            }
             print(f"{name}: export FAILED verification: {exc}", flush=True)
             continue
         v = r.verification.to_dict()
-        out[name] = {"path": r.path, "file": r.path.name, "format": fmt, "bytes": r.size_bytes,
-                     "passed": v["passed"], "max_abs_diff": v["max_abs_diff"], "top1_agreement": v["top1_agreement"],
-                     "forced_max_abs_diff": (v.get("activations") or {}).get("forced_max_abs_diff"),
-                     "criterion": v["criterion"], "kernels": v.get("kernels"), "removed": r.removed,
-                     "not_shrunk": r.not_shrunk, "verification": v}
+        out[name] = {
+            "path": r.path,
+            "file": r.path.name,
+            "format": fmt,
+            "bytes": r.size_bytes,
+            "passed": v["passed"],
+            "max_abs_diff": v["max_abs_diff"],
+            "top1_agreement": v["top1_agreement"],
+            "forced_max_abs_diff": (v.get("activations") or {}).get("forced_max_abs_diff"),
+            "criterion": v["criterion"],
+            "kernels": v.get("kernels"),
+            "removed": r.removed,
+            "not_shrunk": r.not_shrunk,
+            "verification": v,
+        }
     return out
 
 
@@ -138,16 +183,18 @@ def torch_models(runs: dict[str, Any], data_dir: str | None) -> tuple[dict[str, 
     return {"dense_fp32": dense, "masked_fp32": masked, "shrunk_fp32": small}, tuple(data.input_shape), macs
 
 
-def latency(net: str, files: dict[str, dict], models: dict[str, torch.nn.Module], shape: tuple,
-            args: argparse.Namespace) -> list[dict]:
+def latency(
+    net: str, files: dict[str, dict], models: dict[str, torch.nn.Module], shape: tuple, args: argparse.Namespace
+) -> list[dict]:
     """Median of ``args.rounds`` round medians per (model, backend, batch, threads); the models
     are measured alternately within each round so drifting load hits them alike."""
     samples: dict[tuple, list[dict]] = {}
     kw = {"batch_sizes": (1, 256), "threads": tuple(args.threads), "warmup": args.warmup, "repeats": args.repeats}
     for _ in range(args.rounds):
         # a file that failed verification was not kept: its torch model exported by torch.onnx, marked
-        jobs = [(n, "ort", str(f["path"]) if f["path"] else models[n]) for n, f in files.items()
-                if f["path"] or n in models]
+        jobs = [
+            (n, "ort", str(f["path"]) if f["path"] else models[n]) for n, f in files.items() if f["path"] or n in models
+        ]
         jobs += [(n, "torch", m) for n, m in models.items()] if "torch" in args.backends else []
         for name, backend, target in jobs:
             for r in measure_latency(target, shape, backend=backend, **kw):
@@ -155,9 +202,19 @@ def latency(net: str, files: dict[str, dict], models: dict[str, torch.nn.Module]
     rows = []
     for (name, backend, batch, threads), rs in samples.items():
         med = {k: statistics.median(r[k] for r in rs) for k in ("median_ms", "p10_ms", "p90_ms")}
-        rows.append({"net": net, "model": name, "backend": backend, "batch": batch, "threads": threads, **med,
-                     "rounds": len(rs), "round_medians_ms": [r["median_ms"] for r in rs],
-                     **({"unverified_export": rs[0]["export"]} if "export" in rs[0] and backend == "ort" else {})})
+        rows.append(
+            {
+                "net": net,
+                "model": name,
+                "backend": backend,
+                "batch": batch,
+                "threads": threads,
+                **med,
+                "rounds": len(rs),
+                "round_medians_ms": [r["median_ms"] for r in rs],
+                **({"unverified_export": rs[0]["export"]} if "export" in rs[0] and backend == "ort" else {}),
+            }
+        )
     ref = {(r["model"], r["backend"], r["batch"], r["threads"]): r["median_ms"] for r in rows}
     for r in rows:
         key = (r["backend"], r["batch"], r["threads"])
@@ -176,20 +233,39 @@ def bench_net(net: str, recipe: Recipe, args: argparse.Namespace) -> dict[str, A
     models, shape, macs = torch_models(runs, args.data_dir)
     torch.set_num_threads(min(args.threads))  # load_run's setup() may have changed it
     lat = latency(net, files, models, shape, args)
-    acc = {"dense_fp32": runs["dense"]["accuracy"], "masked_fp32": runs["qap"]["accuracy"],
-           "shrunk_fp32": runs["qap"]["accuracy"], "int8_qdq": runs["qap"]["accuracy"]}
-    mac = {"dense_fp32": macs["dense"], "masked_fp32": macs["dense"], "shrunk_fp32": macs["shrunk"],
-           "int8_qdq": macs["shrunk"]}
-    rows = [{"net": net, "model": n, "accuracy": acc[n], "macs": mac[n],
-             **{k: v for k, v in f.items() if k != "path"}} for n, f in files.items()]
+    acc = {
+        "dense_fp32": runs["dense"]["accuracy"],
+        "masked_fp32": runs["qap"]["accuracy"],
+        "shrunk_fp32": runs["qap"]["accuracy"],
+        "int8_qdq": runs["qap"]["accuracy"],
+    }
+    mac = {
+        "dense_fp32": macs["dense"],
+        "masked_fp32": macs["dense"],
+        "shrunk_fp32": macs["shrunk"],
+        "int8_qdq": macs["shrunk"],
+    }
+    rows = [
+        {"net": net, "model": n, "accuracy": acc[n], "macs": mac[n], **{k: v for k, v in f.items() if k != "path"}}
+        for n, f in files.items()
+    ]
     runs_out = {k: {**v, "dir": os.path.relpath(v["dir"], HERE.parent)} for k, v in runs.items()}
-    return {"runs": runs_out, "files": rows, "latency": lat,
-            "macs_dense": macs["dense"], "macs_shrunk": macs["shrunk"], "flops_ratio": macs["dense"] / macs["shrunk"]}
+    return {
+        "runs": runs_out,
+        "files": rows,
+        "latency": lat,
+        "macs_dense": macs["dense"],
+        "macs_shrunk": macs["shrunk"],
+        "flops_ratio": macs["dense"] / macs["shrunk"],
+    }
 
 
 def _speed(lat: list[dict], model: str, key: str, batch: int, threads: int) -> float | None:
-    hit = [r.get(key) for r in lat if r["model"] == model and r["backend"] == "ort" and r["batch"] == batch
-           and r["threads"] == threads]
+    hit = [
+        r.get(key)
+        for r in lat
+        if r["model"] == model and r["backend"] == "ort" and r["batch"] == batch and r["threads"] == threads
+    ]
     return hit[0] if hit else None
 
 
@@ -209,19 +285,27 @@ def headline(nets: dict[str, dict], threads: int) -> dict[str, Any]:
     cnn_vs_dense = _speed(cnn.get("latency", []), "shrunk_fp32", "speedup_vs_dense", 256, threads)
     flops_ratio = cnn.get("flops_ratio")
     int8_min = min((v for v in int8.values() if v is not None), default=None)
-    h = {"int8_speedup_b256": int8_min, **{f"int8_speedup_b256_{n}": v for n, v in int8.items()},
-         **{f"int8_vs_dense_speedup_b256_{n}": v for n, v in int8_dense.items()},
-         "cnn_speedup": cnn_speedup, "cnn_flops_ratio": flops_ratio, "cnn_speedup_vs_dense_fp32": cnn_vs_dense,
-         "max_abs_diff_onnx": max((f["max_abs_diff"] for f in floats if f["passed"]), default=None),
-         "max_abs_diff_onnx_forced": max((_forced(f) for f in floats if f["passed"]), default=None),
-         "qdq_top1_agreement": min((f["top1_agreement"] for f in qdq if f["passed"]), default=None),
-         "failed_exports": [f"{f['net']}/{f['model']}" for f in files if not f["passed"]], "threads": threads}
+    h = {
+        "int8_speedup_b256": int8_min,
+        **{f"int8_speedup_b256_{n}": v for n, v in int8.items()},
+        **{f"int8_vs_dense_speedup_b256_{n}": v for n, v in int8_dense.items()},
+        "cnn_speedup": cnn_speedup,
+        "cnn_flops_ratio": flops_ratio,
+        "cnn_speedup_vs_dense_fp32": cnn_vs_dense,
+        "max_abs_diff_onnx": max((f["max_abs_diff"] for f in floats if f["passed"]), default=None),
+        "max_abs_diff_onnx_forced": max((_forced(f) for f in floats if f["passed"]), default=None),
+        "qdq_top1_agreement": min((f["top1_agreement"] for f in qdq if f["passed"]), default=None),
+        "failed_exports": [f"{f['net']}/{f['model']}" for f in files if not f["passed"]],
+        "threads": threads,
+    }
     h["targets_met"] = {
         "int8_speedup": int8_min is not None and int8_min >= TARGET_INT8,
-        "cnn_speedup_vs_flops": (cnn_speedup is not None and flops_ratio is not None
-                                 and cnn_speedup >= TARGET_FLOPS_FRACTION * flops_ratio),
+        "cnn_speedup_vs_flops": (
+            cnn_speedup is not None and flops_ratio is not None and cnn_speedup >= TARGET_FLOPS_FRACTION * flops_ratio
+        ),
         "all_exports_verified": all(f["passed"] for f in files),
-        "qdq_top1": h["qdq_top1_agreement"] is not None and h["qdq_top1_agreement"] >= TARGET_TOP1}
+        "qdq_top1": h["qdq_top1_agreement"] is not None and h["qdq_top1_agreement"] >= TARGET_TOP1,
+    }
     return h
 
 
@@ -257,17 +341,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print()
     print(table([f for d in nets.values() for f in d["files"]], BYTES_COLUMNS))
     print()
-    lat = sorted((r for d in nets.values() for r in d["latency"]),
-                 key=lambda r: (r["net"], r["backend"], r["threads"], r["batch"], FILES.index(r["model"])))
+    lat = sorted(
+        (r for d in nets.values() for r in d["latency"]),
+        key=lambda r: (r["net"], r["backend"], r["threads"], r["batch"], FILES.index(r["model"])),
+    )
     print(table(lat, LATENCY_COLUMNS))
     info = machine()
     info["cpu_affinity"] = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    path = write_results("export_latency_quick" if args.quick else "export_latency", {
-        "benchmark": "export_latency", "quick": args.quick, "reused_runs": args.reuse, "machine": info,
-        "threads": args.threads,
-        "wall_seconds": seconds, "headline": head,
-        "recipes": {n: Recipe.load(RECIPES[n]).override([*(QUICK[n] if args.quick else []), *args.set]).to_dict()
-                    for n in args.nets}, "nets": nets})
+    path = write_results(
+        "export_latency_quick" if args.quick else "export_latency",
+        {
+            "benchmark": "export_latency",
+            "quick": args.quick,
+            "reused_runs": args.reuse,
+            "machine": info,
+            "threads": args.threads,
+            "wall_seconds": seconds,
+            "headline": head,
+            "recipes": {
+                n: Recipe.load(RECIPES[n]).override([*(QUICK[n] if args.quick else []), *args.set]).to_dict()
+                for n in args.nets
+            },
+            "nets": nets,
+        },
+    )
     print(f"\nheadline: {_fmt(head)}\nwrote {path} in {seconds:.0f} s")
     return head
 

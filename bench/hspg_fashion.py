@@ -13,6 +13,7 @@ the shared budget. The magnitude baseline keeps exactly the same number of chann
 FLOPs, and is fine-tuned for the HSPG epochs plus the same budget (equal epochs in total).
 Writes bench/results/hspg_fashion.json (``--quick``: hspg_fashion_quick.json).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,27 +27,42 @@ from torch import nn
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import prune_fashion as pf  # noqa: E402
-from common import machine, table, write_results  # noqa: E402
+import prune_fashion as pf
+from common import machine, table, write_results
 
-from qaprune.prune import prune_to  # noqa: E402
-from qaprune.prune.groups import channel_groups, mask_channels, zero_channels  # noqa: E402
-from qaprune.prune.optim import groups_to_masks  # noqa: E402
-from qaprune.recipe import SparseSpec, TrainSpec  # noqa: E402
-from qaprune.runner import load_data, setup  # noqa: E402
-from qaprune.train import fit  # noqa: E402
+from qaprune.prune import prune_to
+from qaprune.prune.groups import channel_groups
+from qaprune.prune.optim import groups_to_masks
+from qaprune.recipe import SparseSpec, TrainSpec
+from qaprune.runner import load_data, setup
+from qaprune.train import fit
 
-COLUMNS = [("method", "method     ", ""), ("lam", "lambda", ".3g"), ("channels_removed", "channels -", ".3f"),
-           ("accuracy_before_ft", "acc no-FT", ".4f"), ("accuracy", "accuracy", ".4f"),
-           ("accuracy_drop_points", "drop pts", "+.2f"), ("flops_reduction", "FLOPs red", ".3f"),
-           ("flops_ratio", "FLOPs x", ".2f"), ("train_seconds", "train s", ".0f")]
+COLUMNS = [
+    ("method", "method     ", ""),
+    ("lam", "lambda", ".3g"),
+    ("channels_removed", "channels -", ".3f"),
+    ("accuracy_before_ft", "acc no-FT", ".4f"),
+    ("accuracy", "accuracy", ".4f"),
+    ("accuracy_drop_points", "drop pts", "+.2f"),
+    ("flops_reduction", "FLOPs red", ".3f"),
+    ("flops_ratio", "FLOPs x", ".2f"),
+    ("train_seconds", "train s", ".0f"),
+]
 
 
 def hspg_spec(args: argparse.Namespace, lam: float, n_train: int, base: TrainSpec) -> TrainSpec:
     steps = -(-n_train // base.batch_size)
-    return TrainSpec(optimizer="hspg", lr=args.hspg_lr, momentum=0.9, batch_size=base.batch_size,
-                     epochs=args.hspg_epochs, patience=None, lr_schedule="none", threads=base.threads,
-                     sparse=SparseSpec(lam=lam, n_p=steps, epsilon=args.epsilon, groups="rows"))
+    return TrainSpec(
+        optimizer="hspg",
+        lr=args.hspg_lr,
+        momentum=0.9,
+        batch_size=base.batch_size,
+        epochs=args.hspg_epochs,
+        patience=None,
+        lr_schedule="none",
+        threads=base.threads,
+        sparse=SparseSpec(lam=lam, n_p=steps, epsilon=args.epsilon, groups="rows"),
+    )
 
 
 def kept_channels(model: nn.Module, b: pf.Bench) -> dict[str, torch.Tensor]:
@@ -78,22 +94,42 @@ def finish(model: nn.Module, b: pf.Bench, spec: TrainSpec) -> dict:
     ft = fit(shrunk, b.data.x_train, b.data.y_train, b.data.x_val, b.data.y_val, spec=spec, seed=b.recipe.seed + 1)
     m = pf.macs(shrunk, b)
     acc = pf.accuracy_of(shrunk, b.data)
-    return {"accuracy_before_ft": acc0, "accuracy": acc, "accuracy_drop_points": 100.0 * (b.ref["accuracy"] - acc),
-            "macs": m, "flops_reduction": 1.0 - m / b.ref["macs"], "flops_ratio": b.ref["macs"] / m,
-            "removed": removed, "max_abs_diff": diff, "finetune_seconds": ft.train_seconds}
+    return {
+        "accuracy_before_ft": acc0,
+        "accuracy": acc,
+        "accuracy_drop_points": 100.0 * (b.ref["accuracy"] - acc),
+        "macs": m,
+        "flops_reduction": 1.0 - m / b.ref["macs"],
+        "flops_ratio": b.ref["macs"] / m,
+        "removed": removed,
+        "max_abs_diff": diff,
+        "finetune_seconds": ft.train_seconds,
+    }
 
 
 def hspg_point(b: pf.Bench, args: argparse.Namespace, lam: float) -> tuple[dict, dict[str, torch.Tensor]]:
     model = pf.masked_copy(b)
     t0 = time.perf_counter()
-    res = fit(model, b.data.x_train, b.data.y_train, b.data.x_val, b.data.y_val,
-              spec=hspg_spec(args, lam, len(b.data.x_train), b.ft_spec), seed=b.recipe.seed)
+    res = fit(
+        model,
+        b.data.x_train,
+        b.data.y_train,
+        b.data.x_val,
+        b.data.y_val,
+        spec=hspg_spec(args, lam, len(b.data.x_train), b.ft_spec),
+        seed=b.recipe.seed,
+    )
     groups_to_masks(model, res.optimizer)
     keeps = kept_channels(model, b)
     removed = sum(int((~k).sum()) for k in keeps.values()) / sum(k.numel() for k in keeps.values())
     pf.apply_keeps(model, b, keeps)
-    row = {"method": "hspg", "lam": lam, "channels_removed": removed, "hspg_seconds": res.train_seconds,
-           **finish(model, b, b.ft_spec)}
+    row = {
+        "method": "hspg",
+        "lam": lam,
+        "channels_removed": removed,
+        "hspg_seconds": res.train_seconds,
+        **finish(model, b, b.ft_spec),
+    }
     row["train_seconds"] = time.perf_counter() - t0
     return row, keeps
 
@@ -115,19 +151,36 @@ def magnitude_point(b: pf.Bench, args: argparse.Namespace, lam: float, keeps: di
 def headline(points: list[dict], ref: dict) -> dict:
     """Per λ: the pair at equal FLOPs; overall: the largest FLOPs reduction each method keeps
     within 0.5 points of dense, and how often HSPG is the more accurate of the pair."""
+
     def best(method: str) -> dict | None:
         ok = [p for p in points if p["method"] == method and p["accuracy_drop_points"] <= pf.TOLERANCE_POINTS]
         return max(ok, key=lambda p: p["flops_reduction"], default=None)
 
-    pairs = [(h, m) for h in points if h["method"] == "hspg" for m in points
-             if m["method"] == "magnitude" and m["lam"] == h["lam"]]
+    pairs = [
+        (h, m)
+        for h in points
+        if h["method"] == "hspg"
+        for m in points
+        if m["method"] == "magnitude" and m["lam"] == h["lam"]
+    ]
     top = {m: best(m) for m in ("hspg", "magnitude")}
-    return {"dense_accuracy": ref["accuracy"], "tolerance_points": pf.TOLERANCE_POINTS,
-            "hspg_flops_reduction": top["hspg"]["flops_reduction"] if top["hspg"] else None,
-            "magnitude_flops_reduction": top["magnitude"]["flops_reduction"] if top["magnitude"] else None,
-            "pairs": [{"lam": h["lam"], "flops_reduction": h["flops_reduction"], "hspg_accuracy": h["accuracy"],
-                       "magnitude_accuracy": m["accuracy"]} for h, m in pairs],
-            "hspg_more_accurate": sum(h["accuracy"] > m["accuracy"] for h, m in pairs), "pairs_total": len(pairs)}
+    return {
+        "dense_accuracy": ref["accuracy"],
+        "tolerance_points": pf.TOLERANCE_POINTS,
+        "hspg_flops_reduction": top["hspg"]["flops_reduction"] if top["hspg"] else None,
+        "magnitude_flops_reduction": top["magnitude"]["flops_reduction"] if top["magnitude"] else None,
+        "pairs": [
+            {
+                "lam": h["lam"],
+                "flops_reduction": h["flops_reduction"],
+                "hspg_accuracy": h["accuracy"],
+                "magnitude_accuracy": m["accuracy"],
+            }
+            for h, m in pairs
+        ],
+        "hspg_more_accurate": sum(h["accuracy"] > m["accuracy"] for h, m in pairs),
+        "pairs_total": len(pairs),
+    }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -167,8 +220,11 @@ def main(argv: list[str] | None = None) -> None:
         points.append(row)
         points.append(magnitude_point(b, args, lam, keeps))
         for p in points[-2:]:
-            print(f"{p['method']:<10} λ {lam:g}: channels -{p['channels_removed']:.3f} acc {p['accuracy']:.4f} "
-                  f"({p['accuracy_drop_points']:+.2f}) FLOPs x{p['flops_ratio']:.2f}", flush=True)
+            print(
+                f"{p['method']:<10} λ {lam:g}: channels -{p['channels_removed']:.3f} acc {p['accuracy']:.4f} "
+                f"({p['accuracy_drop_points']:+.2f}) FLOPs x{p['flops_ratio']:.2f}",
+                flush=True,
+            )
         write_results(name, _payload(args, recipe, info, b, points, complete=False))
     path = write_results(name, _payload(args, recipe, info, b, points, complete=True))
     print(table(points, COLUMNS))
@@ -176,12 +232,27 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _payload(args, recipe, info, b: pf.Bench, points: list[dict], *, complete: bool) -> dict:
-    return {"benchmark": "hspg_fashion", "quick": args.quick, "complete": complete, "machine": machine(),
-            "budget": {"hspg_epochs": args.hspg_epochs, "hspg_lr": args.hspg_lr, "epsilon": args.epsilon,
-                       "lams": args.lams, "finetune_epochs": args.ft_epochs, "finetune_lr": args.ft_lr,
-                       "magnitude_finetune_epochs": args.ft_epochs + args.hspg_epochs, "threads": args.threads,
-                       "dense_epochs": info["epochs"], "train_samples": len(b.data.x_train)},
-            "headline": headline(points, b.ref), "dense": b.ref, "points": points}
+    return {
+        "benchmark": "hspg_fashion",
+        "quick": args.quick,
+        "complete": complete,
+        "machine": machine(),
+        "budget": {
+            "hspg_epochs": args.hspg_epochs,
+            "hspg_lr": args.hspg_lr,
+            "epsilon": args.epsilon,
+            "lams": args.lams,
+            "finetune_epochs": args.ft_epochs,
+            "finetune_lr": args.ft_lr,
+            "magnitude_finetune_epochs": args.ft_epochs + args.hspg_epochs,
+            "threads": args.threads,
+            "dense_epochs": info["epochs"],
+            "train_samples": len(b.data.x_train),
+        },
+        "headline": headline(points, b.ref),
+        "dense": b.ref,
+        "points": points,
+    }
 
 
 if __name__ == "__main__":

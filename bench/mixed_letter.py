@@ -23,6 +23,7 @@ largest BOPs reduction within 0.5 points) and writes bench/results/mixed_letter.
 against 32-bit dense within 0.5 points, over every pruning step of every mixed / uniform run),
 the accuracy drops of those points in percentage points, and ``best_mixed`` / ``best_uniform``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,38 +34,51 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import best_within, machine, table, write_results  # noqa: E402
+from common import best_within, machine, table, write_results
 
-from qaprune.recipe import Recipe  # noqa: E402
-from qaprune.runner import clean, run  # noqa: E402
+from qaprune.recipe import Recipe
+from qaprune.runner import clean, run
 
 RECIPE = HERE.parent / "recipes" / "letter_qap.yaml"
 FCS = ("fc1", "fc2", "fc3", "fc4")
 # name: (weight bits fc1..fc4, activation bits input, act1, act2, act3)
 MIXED = {
-    "w6666-a4666": ((6, 6, 6, 6), (4, 6, 6, 6)),   # uniform 6 but a 4-bit input
+    "w6666-a4666": ((6, 6, 6, 6), (4, 6, 6, 6)),  # uniform 6 but a 4-bit input
     "w8448-a6666": ((8, 4, 4, 8), (6, 6, 6, 6)),
     "w8338-a6666": ((8, 3, 3, 8), (6, 6, 6, 6)),
     "w6446-a4666": ((6, 4, 4, 6), (4, 6, 6, 6)),
     "w8448-a4646": ((8, 4, 4, 8), (4, 6, 4, 6)),
 }
-COLUMNS = [("config", f"{'config':>19}", ""), ("kind", "kind", ""), ("qat_accuracy", "QAT acc", ".4f"),
-           ("qat_bops_reduction", "QAT vs fp32", ".1f"), ("step", "step", "d"),
-           ("sparsity", "sparsity", ".2f"), ("accuracy", "accuracy", ".4f"), ("bops", "BOPs", ".4g"),
-           ("bops_reduction", "vs fp32", ".1f"), ("cpu_seconds", "CPU s", ".0f")]
+COLUMNS = [
+    ("config", f"{'config':>19}", ""),
+    ("kind", "kind", ""),
+    ("qat_accuracy", "QAT acc", ".4f"),
+    ("qat_bops_reduction", "QAT vs fp32", ".1f"),
+    ("step", "step", "d"),
+    ("sparsity", "sparsity", ".2f"),
+    ("accuracy", "accuracy", ".4f"),
+    ("bops", "BOPs", ".4g"),
+    ("bops_reduction", "vs fp32", ".1f"),
+    ("cpu_seconds", "CPU s", ".0f"),
+]
 
 
 def configs(uniform_bits: list[int], scales: list[str]) -> dict[str, tuple[str, list[str]]]:
     """Every run: name -> (kind, recipe overrides)."""
-    out = {"fp32": ("fp32", ["quant.weight_bits=32", "quant.act_bits=32", "quant.input_bits=32",
-                             "prune.sparsity=0.0"])}
+    out = {"fp32": ("fp32", ["quant.weight_bits=32", "quant.act_bits=32", "quant.input_bits=32", "prune.sparsity=0.0"])}
     for scale in scales:
         for b in uniform_bits:
-            out[f"u{b}-{scale}"] = ("uniform", [f"quant.weight_bits={b}", f"quant.act_bits={b}",
-                                                f"quant.input_bits={b}", f"quant.weight_scale={scale}"])
+            out[f"u{b}-{scale}"] = (
+                "uniform",
+                [
+                    f"quant.weight_bits={b}",
+                    f"quant.act_bits={b}",
+                    f"quant.input_bits={b}",
+                    f"quant.weight_scale={scale}",
+                ],
+            )
         for name, (w, a) in MIXED.items():
-            ov = [f"quant.weight_scale={scale}", "quant.weight_bits=6", "quant.act_bits=6",
-                  f"quant.input_bits={a[0]}"]
+            ov = [f"quant.weight_scale={scale}", "quant.weight_bits=6", "quant.act_bits=6", f"quant.input_bits={a[0]}"]
             ov += [f"layers.{fc}.weight_bits={b}" for fc, b in zip(FCS, w)]
             ov += [f"layers.{fc}.act_bits={b}" for fc, b in zip(FCS, a[1:])]  # the ReLU after fcK
             out[f"{name}-{scale}"] = ("mixed", ov)
@@ -76,23 +90,44 @@ def run_all(runs: dict, *, data_dir: str, runs_dir: Path, common: list[str]) -> 
     for name, (kind, ov) in runs.items():
         clean(runs_dir / name)
         t0, c0 = time.perf_counter(), time.process_time()
-        res = run(base.override(common + ov + [f"name=mixed-{name}"]), out=runs_dir / name,
-                  data_dir=data_dir, log=lambda *_: None)
-        results[name] = {"kind": kind, "overrides": ov, "seconds": time.perf_counter() - t0,
-                         "cpu_seconds": time.process_time() - c0, "results": res.results}
-        print(f"{name:<20} {results[name]['seconds']:6.1f} s ({results[name]['cpu_seconds']:.1f} s CPU)  QAT accuracy "
-              f"{res.results['history'][0]['accuracy']:.4f}  final {res.metrics['accuracy']:.4f}", flush=True)
+        res = run(
+            base.override(common + ov + [f"name=mixed-{name}"]),
+            out=runs_dir / name,
+            data_dir=data_dir,
+            log=lambda *_: None,
+        )
+        results[name] = {
+            "kind": kind,
+            "overrides": ov,
+            "seconds": time.perf_counter() - t0,
+            "cpu_seconds": time.process_time() - c0,
+            "results": res.results,
+        }
+        print(
+            f"{name:<20} {results[name]['seconds']:6.1f} s ({results[name]['cpu_seconds']:.1f} s CPU)  QAT accuracy "
+            f"{res.results['history'][0]['accuracy']:.4f}  final {res.metrics['accuracy']:.4f}",
+            flush=True,
+        )
     return results
 
 
 def points(results: dict, fp32_bops: float) -> list[dict]:
     pts = []
     for name, r in results.items():
-        layers = {l["name"]: (l["weight_bits"], l["act_bits"]) for l in r["results"].get("layers", [])}
+        layers = {e["name"]: (e["weight_bits"], e["act_bits"]) for e in r["results"].get("layers", [])}
         for h in r["results"]["history"]:
-            pts.append({"config": name, "kind": r["kind"], "step": h["step"], "sparsity": h["sparsity"],
-                        "accuracy": h["accuracy"], "bops": h["bops"], "bops_reduction": fp32_bops / h["bops"],
-                        "bits": layers})
+            pts.append(
+                {
+                    "config": name,
+                    "kind": r["kind"],
+                    "step": h["step"],
+                    "sparsity": h["sparsity"],
+                    "accuracy": h["accuracy"],
+                    "bops": h["bops"],
+                    "bops_reduction": fp32_bops / h["bops"],
+                    "bits": layers,
+                }
+            )
     return pts
 
 
@@ -104,12 +139,20 @@ def report(results: dict, args) -> dict:
     for name, r in results.items():
         mine = [p for p in pts if p["config"] == name]
         best = best_within(mine, ref_accuracy=fp32_acc) or {}
-        rows.append({"config": name, "kind": r["kind"], "qat_accuracy": mine[0]["accuracy"],
-                     "qat_bops_reduction": mine[0]["bops_reduction"], "cpu_seconds": r["cpu_seconds"],
-                     **{k: best.get(k) for k in ("step", "sparsity", "accuracy", "bops", "bops_reduction")}})
+        rows.append(
+            {
+                "config": name,
+                "kind": r["kind"],
+                "qat_accuracy": mine[0]["accuracy"],
+                "qat_bops_reduction": mine[0]["bops_reduction"],
+                "cpu_seconds": r["cpu_seconds"],
+                **{k: best.get(k) for k in ("step", "sparsity", "accuracy", "bops", "bops_reduction")},
+            }
+        )
     print(table(rows, COLUMNS))
-    best = {kind: best_within([p for p in pts if p["kind"] == kind], ref_accuracy=fp32_acc)
-            for kind in ("mixed", "uniform")}
+    best = {
+        kind: best_within([p for p in pts if p["kind"] == kind], ref_accuracy=fp32_acc) for kind in ("mixed", "uniform")
+    }
 
     def drop(p: dict | None) -> float | None:
         return 100 * (fp32_acc - p["accuracy"]) if p else None
@@ -124,20 +167,38 @@ def report(results: dict, args) -> dict:
         "uniform_accuracy_drop_points": drop(best["uniform"]),
         "best_mixed": best["mixed"]["config"] if best["mixed"] else None,
         "best_uniform": best["uniform"]["config"] if best["uniform"] else None,
-        "best_mixed_point": best["mixed"], "best_uniform_point": best["uniform"],
-        "fp32_accuracy": fp32_acc, "fp32_bops": fp32_bops, "tolerance_points": 0.5,
+        "best_mixed_point": best["mixed"],
+        "best_uniform_point": best["uniform"],
+        "fp32_accuracy": fp32_acc,
+        "fp32_bops": fp32_bops,
+        "tolerance_points": 0.5,
     }
-    path = write_results("mixed_letter_quick" if args.quick else "mixed_letter", {
-        "benchmark": "mixed_letter", "quick": args.quick, "machine": machine(), "threads": args.threads,
-        "sparsity": args.sparsity, "headline": headline, "rows": rows, "points": pts,
-        "seconds": {"wall": sum(r["seconds"] for r in results.values()),
-                    "cpu": sum(r["cpu_seconds"] for r in results.values())},
-        "configs": {n: {"kind": r["kind"], "overrides": r["overrides"]} for n, r in results.items()},
-        "runs": {n: {"metrics": r["results"]["metrics"], "timing": r["results"]["timing"]}
-                 for n, r in results.items()}})
-    print(f"\nheadline (within 0.5 points of fp32 {fp32_acc:.4f}): mixed {fmt(headline['mixed_bops_reduction'])} "
-          f"({headline['best_mixed']}), uniform {fmt(headline['uniform_bops_reduction'])} "
-          f"({headline['best_uniform']}) fewer BOPs than 32-bit dense\nwrote {path}")
+    path = write_results(
+        "mixed_letter_quick" if args.quick else "mixed_letter",
+        {
+            "benchmark": "mixed_letter",
+            "quick": args.quick,
+            "machine": machine(),
+            "threads": args.threads,
+            "sparsity": args.sparsity,
+            "headline": headline,
+            "rows": rows,
+            "points": pts,
+            "seconds": {
+                "wall": sum(r["seconds"] for r in results.values()),
+                "cpu": sum(r["cpu_seconds"] for r in results.values()),
+            },
+            "configs": {n: {"kind": r["kind"], "overrides": r["overrides"]} for n, r in results.items()},
+            "runs": {
+                n: {"metrics": r["results"]["metrics"], "timing": r["results"]["timing"]} for n, r in results.items()
+            },
+        },
+    )
+    print(
+        f"\nheadline (within 0.5 points of fp32 {fp32_acc:.4f}): mixed {fmt(headline['mixed_bops_reduction'])} "
+        f"({headline['best_mixed']}), uniform {fmt(headline['uniform_bops_reduction'])} "
+        f"({headline['best_uniform']}) fewer BOPs than 32-bit dense\nwrote {path}"
+    )
     return headline
 
 

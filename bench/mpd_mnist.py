@@ -19,6 +19,7 @@ Prints the tables and writes bench/results/mpd_mnist.json whose ``headline`` hol
 ``accuracy_drop_points`` (dense − MPD test accuracy in points, mean over seeds, first variant)
 and ``speedup`` (dense median latency / block-form median latency, torch, batch 256).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,24 +37,36 @@ from torch import nn
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import machine, table, write_results  # noqa: E402
+from common import machine, table, write_results
 
-from qaprune.compress import bake  # noqa: E402
-from qaprune.export.shrink import shrink  # noqa: E402
-from qaprune.io import load_into  # noqa: E402
-from qaprune.metrics.latency import measure_latency  # noqa: E402
-from qaprune.recipe import Recipe  # noqa: E402
-from qaprune.runner import build, clean, load_data, run, setup  # noqa: E402
+from qaprune.compress import bake
+from qaprune.export.shrink import shrink
+from qaprune.io import load_into
+from qaprune.metrics.latency import measure_latency
+from qaprune.recipe import Recipe
+from qaprune.runner import build, clean, load_data, run, setup
 
 RECIPE = HERE.parent / "recipes" / "mpd_lenet300.yaml"
 VARIANTS: dict[str, list[str]] = {"lenet300": [], "lenet300-bn": ["model.args.batchnorm=affine"]}
-TRAIN_COLUMNS = [("variant", "variant", ""), ("seed", "seed", "d"), ("dense_accuracy", "dense acc", ".4f"),
-                 ("mpd_accuracy", "MPD acc", ".4f"), ("drop_points", "drop (pts)", ".2f"),
-                 ("compression", "compression", ".2f"), ("dense_seconds", "dense s", ".1f"),
-                 ("mpd_seconds", "MPD s", ".1f")]
-LATENCY_COLUMNS = [("model", "model", ""), ("backend", "backend", ""), ("batch", "batch", "d"),
-                   ("median_ms", "median ms", ".4f"), ("p10_ms", "p10 ms", ".4f"),
-                   ("p90_ms", "p90 ms", ".4f"), ("speedup", "speedup", ".2f")]
+TRAIN_COLUMNS = [
+    ("variant", "variant", ""),
+    ("seed", "seed", "d"),
+    ("dense_accuracy", "dense acc", ".4f"),
+    ("mpd_accuracy", "MPD acc", ".4f"),
+    ("drop_points", "drop (pts)", ".2f"),
+    ("compression", "compression", ".2f"),
+    ("dense_seconds", "dense s", ".1f"),
+    ("mpd_seconds", "MPD s", ".1f"),
+]
+LATENCY_COLUMNS = [
+    ("model", "model", ""),
+    ("backend", "backend", ""),
+    ("batch", "batch", "d"),
+    ("median_ms", "median ms", ".4f"),
+    ("p10_ms", "p10 ms", ".4f"),
+    ("p90_ms", "p90 ms", ".4f"),
+    ("speedup", "speedup", ".2f"),
+]
 
 
 def train_pair(variant: str, extra: list[str], seed: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -62,23 +75,36 @@ def train_pair(variant: str, extra: list[str], seed: int, args: argparse.Namespa
     for kind, sets in (("dense", ["prune.sparsity=0.0"]), ("mpd", [])):
         name = f"{variant}-{kind}-s{seed}"
         if kind == "mpd" and args.distill:  # the dense network of this seed as the teacher
-            sets = [*sets, f"train.distill={{teacher: {row['dense_dir']}, temperature: {args.distill[0]}, "
-                           f"weight: {args.distill[1]}}}"]
+            sets = [
+                *sets,
+                f"train.distill={{teacher: {row['dense_dir']}, temperature: {args.distill[0]}, "
+                f"weight: {args.distill[1]}}}",
+            ]
         recipe = Recipe.load(RECIPE).override([*extra, *sets, f"seed={seed}", f"name={name}", *args.set])
         out = args.runs_dir / name
         clean(out)
         t0 = time.perf_counter()
         res = run(recipe, out=out, data_dir=args.data_dir, log=lambda *_: None)
         m = res.metrics
-        row.update({f"{kind}_accuracy": m["accuracy"], f"{kind}_seconds": time.perf_counter() - t0,
-                    f"{kind}_epochs": res.results["timing"]["epochs"], f"{kind}_dir": str(out)})
+        row.update(
+            {
+                f"{kind}_accuracy": m["accuracy"],
+                f"{kind}_seconds": time.perf_counter() - t0,
+                f"{kind}_epochs": res.results["timing"]["epochs"],
+                f"{kind}_dir": str(out),
+            }
+        )
         if kind == "mpd":
-            row.update(params=m["params"], nonzero_params=m["nonzero_params"],
-                       layers=_layers(res.results["layers"], recipe))
+            row.update(
+                params=m["params"], nonzero_params=m["nonzero_params"], layers=_layers(res.results["layers"], recipe)
+            )
     row["drop_points"] = 100.0 * (row["dense_accuracy"] - row["mpd_accuracy"])
     row["compression"] = row["params"] / row["nonzero_params"]
-    print(f"{variant:<12} seed {seed}: dense {row['dense_accuracy']:.4f}  MPD {row['mpd_accuracy']:.4f}  "
-          f"drop {row['drop_points']:.2f} pts  {row['compression']:.2f}x", flush=True)
+    print(
+        f"{variant:<12} seed {seed}: dense {row['dense_accuracy']:.4f}  MPD {row['mpd_accuracy']:.4f}  "
+        f"drop {row['drop_points']:.2f} pts  {row['compression']:.2f}x",
+        flush=True,
+    )
     return row
 
 
@@ -88,9 +114,13 @@ def _layers(profiles: list[dict], recipe: Recipe) -> dict[str, dict]:
     out = {}
     for p in profiles:
         pruned = recipe.layer(p["name"]).prune is not False
-        out[p["name"]] = {"params": p["params"], "nonzero": p["nonzero"], "k": k if pruned else 1,
-                          "pattern": f"mpd k={k}" if pruned else "dense",
-                          "compression": p["params"] / max(p["nonzero"], 1)}
+        out[p["name"]] = {
+            "params": p["params"],
+            "nonzero": p["nonzero"],
+            "k": k if pruned else 1,
+            "pattern": f"mpd k={k}" if pruned else "dense",
+            "compression": p["params"] / max(p["nonzero"], 1),
+        }
     return out
 
 
@@ -111,15 +141,18 @@ def block_form(mpd_model: nn.Module, data: Any) -> tuple[nn.Module, dict[str, An
     ref, out = mpd_model(data.x_test), block(data.x_test)
     stored = sum(p.numel() for n, p in block.named_parameters() if n.endswith("weight") and p.dim() >= 2)
     return block, {
-        "converted": res.converted, "not_shrunk": res.not_shrunk,
+        "converted": res.converted,
+        "not_shrunk": res.not_shrunk,
         "max_abs_diff_vs_masked": float((out - ref).abs().max()),
         "same_predictions": bool(torch.equal(out.argmax(1), ref.argmax(1))),
         "accuracy_block_form": float((out.argmax(1) == data.y_test).float().mean()),
-        "stored_weights_block_form": stored}
+        "stored_weights_block_form": stored,
+    }
 
 
-def latency(models: dict[str, nn.Module], shape: tuple[int, ...], args: argparse.Namespace
-            ) -> tuple[list[dict], dict[str, str]]:
+def latency(
+    models: dict[str, nn.Module], shape: tuple[int, ...], args: argparse.Namespace
+) -> tuple[list[dict], dict[str, str]]:
     """Median latency per (model, backend, batch): ``--rounds`` alternating rounds of
     ``measure_latency``, the median of the round medians (robust to drifting machine load)."""
     samples: dict[tuple, list[dict]] = {}
@@ -130,8 +163,15 @@ def latency(models: dict[str, nn.Module], shape: tuple[int, ...], args: argparse
                 if f"{name}/{backend}" in errors:
                     continue
                 try:
-                    rows = measure_latency(model, shape, batch_sizes=(1, 256), threads=(args.threads,),
-                                           backend=backend, warmup=args.warmup, repeats=args.repeats)
+                    rows = measure_latency(
+                        model,
+                        shape,
+                        batch_sizes=(1, 256),
+                        threads=(args.threads,),
+                        backend=backend,
+                        warmup=args.warmup,
+                        repeats=args.repeats,
+                    )
                 except Exception as exc:  # report, do not hide: e.g. an export the backend refuses
                     errors[f"{name}/{backend}"] = f"{type(exc).__name__}: {exc}"[:300]
                     continue
@@ -143,8 +183,14 @@ def latency(models: dict[str, nn.Module], shape: tuple[int, ...], args: argparse
 def _merge(key: tuple, rows: list[dict]) -> dict[str, Any]:
     name, backend, batch = key
     med = {k: statistics.median(r[k] for r in rows) for k in ("median_ms", "p10_ms", "p90_ms")}
-    out = {"model": name, "backend": backend, "batch": batch, **med, "rounds": len(rows),
-           "round_medians_ms": [r["median_ms"] for r in rows]}
+    out = {
+        "model": name,
+        "backend": backend,
+        "batch": batch,
+        **med,
+        "rounds": len(rows),
+        "round_medians_ms": [r["median_ms"] for r in rows],
+    }
     if "export" in rows[0]:
         out["export"] = rows[0]["export"]
     return out
@@ -164,12 +210,18 @@ def add_speedups(rows: list[dict]) -> dict[str, float]:
 def headline(rows: list[dict], variant: str, speedups: dict[str, float]) -> dict[str, Any]:
     mine = [r for r in rows if r["variant"] == variant]
     drops = [r["drop_points"] for r in mine]
-    return {"compression": mine[0]["compression"], "accuracy_drop_points": statistics.mean(drops),
-            "speedup": speedups.get("torch_b256"), "variant": variant,
-            "dense_accuracy": statistics.mean(r["dense_accuracy"] for r in mine),
-            "mpd_accuracy": statistics.mean(r["mpd_accuracy"] for r in mine),
-            "accuracy_drop_points_per_seed": drops, "within_1_point": statistics.mean(drops) <= 1.0,
-            "speedup_ort_b256": speedups.get("ort_b256"), "speedup_torch_b1": speedups.get("torch_b1")}
+    return {
+        "compression": mine[0]["compression"],
+        "accuracy_drop_points": statistics.mean(drops),
+        "speedup": speedups.get("torch_b256"),
+        "variant": variant,
+        "dense_accuracy": statistics.mean(r["dense_accuracy"] for r in mine),
+        "mpd_accuracy": statistics.mean(r["mpd_accuracy"] for r in mine),
+        "accuracy_drop_points_per_seed": drops,
+        "within_1_point": statistics.mean(drops) <= 1.0,
+        "speedup_ort_b256": speedups.get("ort_b256"),
+        "speedup_torch_b1": speedups.get("torch_b1"),
+    }
 
 
 def parse_args() -> argparse.Namespace:
@@ -183,8 +235,14 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=100)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--set", nargs="*", default=[], help="extra recipe overrides key.path=value")
-    ap.add_argument("--distill", type=float, nargs=2, default=None, metavar=("T", "WEIGHT"),
-                    help="train the MPD network with the dense one of the same seed as teacher")
+    ap.add_argument(
+        "--distill",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("T", "WEIGHT"),
+        help="train the MPD network with the dense one of the same seed as teacher",
+    )
     ap.add_argument("--quick", action="store_true", help="3 epochs, one seed: a smoke test of the script")
     ap.add_argument("--runs-dir", type=Path, default=HERE / "runs" / "mpd_mnist")
     args = ap.parse_args()
@@ -204,35 +262,51 @@ def main() -> None:
     dense_model, _ = load_model(first["dense_dir"], args.data_dir)
     block, check = block_form(mpd_model, data)
     torch.set_num_threads(args.threads)  # setup() of the loaded recipes may have changed it
-    lat, errors = latency({"dense": bake(copy.deepcopy(dense_model)), "block": block},
-                          tuple(data.input_shape), args)
+    lat, errors = latency({"dense": bake(copy.deepcopy(dense_model)), "block": block}, tuple(data.input_shape), args)
     speedups = add_speedups(lat)
     head = headline(rows, first["variant"], speedups)
     report(rows, lat, errors, check, head, args, time.perf_counter() - t0)
 
 
-def report(rows: list[dict], lat: list[dict], errors: dict, check: dict, head: dict,
-           args: argparse.Namespace, seconds: float) -> None:
+def report(
+    rows: list[dict], lat: list[dict], errors: dict, check: dict, head: dict, args: argparse.Namespace, seconds: float
+) -> None:
     print()
     print(table(rows, TRAIN_COLUMNS))
     print()
     print(table(sorted(lat, key=lambda r: (r["backend"], r["batch"], r["model"])), LATENCY_COLUMNS))
     for key, msg in errors.items():
         print(f"latency {key}: failed: {msg}")
-    print(f"\nblock form: {check['converted']}; max |block - masked| on the test set "
-          f"{check['max_abs_diff_vs_masked']:.3g}, same predictions: {check['same_predictions']}")
+    print(
+        f"\nblock form: {check['converted']}; max |block - masked| on the test set "
+        f"{check['max_abs_diff_vs_masked']:.3g}, same predictions: {check['same_predictions']}"
+    )
     info = machine()
     info["cpu_affinity"] = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    path = write_results("mpd_mnist_quick" if args.quick else "mpd_mnist", {
-        "benchmark": "mpd_mnist", "quick": args.quick, "machine": info, "threads": args.threads,
-        "wall_seconds": seconds, "recipe": Recipe.load(RECIPE).override(args.set).to_dict(),
-        "headline": head, "runs": rows, "layers": rows[0]["layers"], "block_form": check,
-        "latency": lat, "latency_errors": errors})
-    print(f"\nheadline ({head['variant']}): {head['compression']:.2f}x compression, "
-          f"{head['accuracy_drop_points']:.2f} points below dense "
-          f"({100 * head['dense_accuracy']:.2f} -> {100 * head['mpd_accuracy']:.2f}), "
-          f"block form {head['speedup'] or float('nan'):.2f}x faster at batch 256 (torch, "
-          f"{args.threads} thread)\nwrote {path} in {seconds:.0f} s")
+    path = write_results(
+        "mpd_mnist_quick" if args.quick else "mpd_mnist",
+        {
+            "benchmark": "mpd_mnist",
+            "quick": args.quick,
+            "machine": info,
+            "threads": args.threads,
+            "wall_seconds": seconds,
+            "recipe": Recipe.load(RECIPE).override(args.set).to_dict(),
+            "headline": head,
+            "runs": rows,
+            "layers": rows[0]["layers"],
+            "block_form": check,
+            "latency": lat,
+            "latency_errors": errors,
+        },
+    )
+    print(
+        f"\nheadline ({head['variant']}): {head['compression']:.2f}x compression, "
+        f"{head['accuracy_drop_points']:.2f} points below dense "
+        f"({100 * head['dense_accuracy']:.2f} -> {100 * head['mpd_accuracy']:.2f}), "
+        f"block form {head['speedup'] or float('nan'):.2f}x faster at batch 256 (torch, "
+        f"{args.threads} thread)\nwrote {path} in {seconds:.0f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ a plain float ``nn.Linear``/``nn.ReLU`` reference with no Brevitas at all.
 Per step the history records test accuracy, actual sparsity, epochs, training seconds/epoch and
 per-layer BOPs via ``qaprune.metrics.bops.layer_bops`` so the numbers line up with qaprune's.
 """
+
 from __future__ import annotations
 
 import math
@@ -44,8 +45,7 @@ def _linear(n: int, m: int, bits: int) -> nn.Linear:
     from brevitas.nn import QuantLinear
     from brevitas.quant import Int8WeightPerTensorFloat  # per-tensor, narrow-range symmetric
 
-    return QuantLinear(n, m, bias=True, weight_quant=Int8WeightPerTensorFloat,
-                       weight_bit_width=bits)
+    return QuantLinear(n, m, bias=True, weight_quant=Int8WeightPerTensorFloat, weight_bit_width=bits)
 
 
 def _input_quant(bits: int, input_bits: int) -> nn.Module:
@@ -54,12 +54,14 @@ def _input_quant(bits: int, input_bits: int) -> nn.Module:
     from brevitas.nn import QuantHardTanh
     from brevitas.quant import Int8ActPerTensorFloatMinMaxInit
 
-    return QuantHardTanh(act_quant=Int8ActPerTensorFloatMinMaxInit, bit_width=input_bits,
-                         min_val=-INPUT_RANGE, max_val=INPUT_RANGE)
+    return QuantHardTanh(
+        act_quant=Int8ActPerTensorFloatMinMaxInit, bit_width=input_bits, min_val=-INPUT_RANGE, max_val=INPUT_RANGE
+    )
 
 
-def build_model(n_in: int, num_classes: int, hidden: tuple[int, ...], bits: int,
-                input_bits: int, act_max: float) -> nn.Sequential:
+def build_model(
+    n_in: int, num_classes: int, hidden: tuple[int, ...], bits: int, input_bits: int, act_max: float
+) -> nn.Sequential:
     """Input quantizer → [Linear → BN → ReLU] × len(hidden) → Linear logits."""
     layers: list[nn.Module] = [_input_quant(bits, input_bits)]
     width = n_in
@@ -140,22 +142,38 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float
     return float(F.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
 
 
-def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
-                 y: torch.Tensor, batch_size: int, l1: float, gen: torch.Generator) -> float:
+def _train_epoch(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    l1: float,
+    gen: torch.Generator,
+) -> float:
     """One shuffled epoch; returns its wall time (training only)."""
     start = time.perf_counter()
     model.train()
     order = torch.randperm(x.shape[0], generator=gen)
     for i in range(0, x.shape[0], batch_size):
-        idx = order[i:i + batch_size]
+        idx = order[i : i + batch_size]
         opt.zero_grad(set_to_none=True)
         _loss(model, x[idx], y[idx], l1).backward()
         opt.step()
     return time.perf_counter() - start
 
 
-def fit(model: nn.Module, data: tuple[torch.Tensor, ...], *, max_epochs: int, patience: int,
-        batch_size: int, lr: float, l1: float, gen: torch.Generator) -> list[float]:
+def fit(
+    model: nn.Module,
+    data: tuple[torch.Tensor, ...],
+    *,
+    max_epochs: int,
+    patience: int,
+    batch_size: int,
+    lr: float,
+    l1: float,
+    gen: torch.Generator,
+) -> list[float]:
     """Adam + early stopping on val loss, best weights restored; returns per-epoch seconds."""
     x_tr, y_tr, x_val, y_val = data
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -178,10 +196,16 @@ def layer_records(model: nn.Module, bits: int, input_bits: int) -> list[dict]:
     for i, m in enumerate(_linears(model)):
         act = FLOAT_BITS if bits == FLOAT_BITS else (input_bits if i == 0 else bits)
         sp = float((m.weight == 0).float().mean())
-        out.append({"n": m.in_features, "m": m.out_features, "sparsity": sp,
-                    "weight_bits": bits, "act_bits": act,
-                    "bops": layer_bops(m.out_features, m.in_features, sparsity=sp,
-                                       act_bits=act, weight_bits=bits)})
+        out.append(
+            {
+                "n": m.in_features,
+                "m": m.out_features,
+                "sparsity": sp,
+                "weight_bits": bits,
+                "act_bits": act,
+                "bops": layer_bops(m.out_features, m.in_features, sparsity=sp, act_bits=act, weight_bits=bits),
+            }
+        )
     return out
 
 
@@ -195,12 +219,28 @@ def _quant_sparsity(model: nn.Module) -> float:
     return zeros / total
 
 
-def run_peer(x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor,
-             y_val: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor, *,
-             num_classes: int, hidden: tuple[int, ...] = (64, 32, 32), bits: int,
-             sparsities: list[float], rewind: str = "ft", max_epochs: int = 100,
-             patience: int = 10, batch_size: int = 1024, lr: float = 1e-3, l1: float = 0.0,
-             seed: int = 0, act_max: float = 6.0, input_bits: int | None = None) -> dict:
+def run_peer(
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    x_test: torch.Tensor,
+    y_test: torch.Tensor,
+    *,
+    num_classes: int,
+    hidden: tuple[int, ...] = (64, 32, 32),
+    bits: int,
+    sparsities: list[float],
+    rewind: str = "ft",
+    max_epochs: int = 100,
+    patience: int = 10,
+    batch_size: int = 1024,
+    lr: float = 1e-3,
+    l1: float = 0.0,
+    seed: int = 0,
+    act_max: float = 6.0,
+    input_bits: int | None = None,
+) -> dict:
     """Dense training then one prune + FT/LT retrain step per cumulative sparsity target."""
     if rewind not in ("ft", "lt"):
         raise ValueError(f"rewind must be 'ft' or 'lt', got {rewind!r}")
@@ -216,19 +256,26 @@ def run_peer(x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor,
             prune_to(model, target)
             if rewind == "lt":
                 _restore(model, init_state)
-        times = fit(model, data, max_epochs=max_epochs, patience=patience,
-                    batch_size=batch_size, lr=lr, l1=l1, gen=gen)
+        times = fit(model, data, max_epochs=max_epochs, patience=patience, batch_size=batch_size, lr=lr, l1=l1, gen=gen)
         _, acc = _evaluate(model, x_test, y_test)  # forward refreshes the masked weights
         check_masks(model)
         zeros, total = _zeros(model)
         layers = layer_records(model, bits, in_bits)
         all_times += times
-        hist.append({"step": step, "target_sparsity": target, "sparsity": zeros / total,
-                     "quant_sparsity": _quant_sparsity(model), "accuracy": acc,
-                     "epochs": len(times), "seconds_per_epoch": sum(times) / len(times),
-                     "bops": sum(r["bops"] for r in layers), "layers": layers})
-    return {"history": hist, "seconds_per_epoch": sum(all_times) / len(all_times),
-            "bits": bits, "rewind": rewind}
+        hist.append(
+            {
+                "step": step,
+                "target_sparsity": target,
+                "sparsity": zeros / total,
+                "quant_sparsity": _quant_sparsity(model),
+                "accuracy": acc,
+                "epochs": len(times),
+                "seconds_per_epoch": sum(times) / len(times),
+                "bops": sum(r["bops"] for r in layers),
+                "layers": layers,
+            }
+        )
+    return {"history": hist, "seconds_per_epoch": sum(all_times) / len(all_times), "bits": bits, "rewind": rewind}
 
 
 def _self_check() -> None:
@@ -236,9 +283,21 @@ def _self_check() -> None:
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(600, 16, generator=g), torch.randint(0, 5, (600,), generator=g)
     for rewind in ("ft", "lt"):
-        r = run_peer(x[:400], y[:400], x[400:500], y[400:500], x[500:], y[500:], num_classes=5,
-                     hidden=(16, 8), bits=4, sparsities=[0.5, 0.9], rewind=rewind,
-                     max_epochs=3, batch_size=64)
+        r = run_peer(
+            x[:400],
+            y[:400],
+            x[400:500],
+            y[400:500],
+            x[500:],
+            y[500:],
+            num_classes=5,
+            hidden=(16, 8),
+            bits=4,
+            sparsities=[0.5, 0.9],
+            rewind=rewind,
+            max_epochs=3,
+            batch_size=64,
+        )
         for rec, target in zip(r["history"], [0.0, 0.5, 0.9]):
             assert abs(rec["sparsity"] - target) < 1e-2, (rec["sparsity"], target)
             assert rec["quant_sparsity"] >= rec["sparsity"]
@@ -258,16 +317,18 @@ def load_letter(path: str = "/work/shared/datasets/uci/letter.npz", seed: int = 
 
 def _print_history(res: dict) -> None:
     print(f"bits={res['bits']} rewind={res['rewind']} s/epoch={res['seconds_per_epoch']:.4f}")
-    print(f"{'step':>4} {'target':>7} {'sparsity':>8} {'q_spars':>7} {'acc':>6} "
-          f"{'epochs':>6} {'s/epoch':>8} {'BOPs':>12}")
+    print(
+        f"{'step':>4} {'target':>7} {'sparsity':>8} {'q_spars':>7} {'acc':>6} {'epochs':>6} {'s/epoch':>8} {'BOPs':>12}"
+    )
     for h in res["history"]:
-        print(f"{h['step']:>4} {h['target_sparsity']:>7.3f} {h['sparsity']:>8.4f} "
-              f"{h['quant_sparsity']:>7.4f} {h['accuracy']:>6.4f} {h['epochs']:>6} "
-              f"{h['seconds_per_epoch']:>8.4f} {h['bops']:>12.0f}")
+        print(
+            f"{h['step']:>4} {h['target_sparsity']:>7.3f} {h['sparsity']:>8.4f} "
+            f"{h['quant_sparsity']:>7.4f} {h['accuracy']:>6.4f} {h['epochs']:>6} "
+            f"{h['seconds_per_epoch']:>8.4f} {h['bops']:>12.0f}"
+        )
 
 
 if __name__ == "__main__":
     _self_check()
     splits = load_letter()
-    _print_history(run_peer(*splits, num_classes=26, bits=6, sparsities=[0.5, 0.8],
-                            max_epochs=20))
+    _print_history(run_peer(*splits, num_classes=26, bits=6, sparsities=[0.5, 0.8], max_epochs=20))

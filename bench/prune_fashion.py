@@ -25,6 +25,7 @@ headline is then the better budget's, with its ``finetune_epochs``; every budget
         --criteria lamp magnitude l2 hap --tp magnitude --name prune_fashion_ft6
     python bench/prune_fashion.py --merge prune_fashion_ft6
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,33 +48,43 @@ from torch import Tensor, nn
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import RESULTS, machine, table, write_results  # noqa: E402
+from common import RESULTS, machine, table, write_results
 
-from qaprune.compress import attach, bake  # noqa: E402
-from qaprune.errors import RecipeError  # noqa: E402
-from qaprune.export.fold import fold_batchnorm, for_inference  # noqa: E402
-from qaprune.export.shrink import shrink  # noqa: E402
-from qaprune.io import load_tensors, save_tensors  # noqa: E402
-from qaprune.metrics.bops import profile  # noqa: E402
-from qaprune.metrics.classification import accuracy, predict  # noqa: E402
-from qaprune.metrics.latency import export_onnx, measure_latency  # noqa: E402
-from qaprune.prune import CRITERIA, prune_to  # noqa: E402
-from qaprune.prune.groups import ChannelGroup, channel_groups, dependency_groups, mask_channels  # noqa: E402
-from qaprune.prune.stats import MomentumTracker, collect_stats  # noqa: E402
-from qaprune.recipe import Recipe, TrainSpec  # noqa: E402
-from qaprune.runner import load_data, setup  # noqa: E402
-from qaprune.train import fit  # noqa: E402
+from qaprune.compress import attach, bake
+from qaprune.errors import RecipeError
+from qaprune.export.fold import fold_batchnorm, for_inference
+from qaprune.export.shrink import shrink
+from qaprune.io import load_tensors, save_tensors
+from qaprune.metrics.bops import profile
+from qaprune.metrics.classification import accuracy, predict
+from qaprune.metrics.latency import export_onnx, measure_latency
+from qaprune.prune import CRITERIA, prune_to
+from qaprune.prune.groups import ChannelGroup, channel_groups, dependency_groups, mask_channels
+from qaprune.prune.stats import MomentumTracker, collect_stats
+from qaprune.recipe import Recipe, TrainSpec
+from qaprune.runner import load_data, setup
+from qaprune.train import fit
 
 RECIPE = HERE.parent / "recipes" / "fashion_vgg.yaml"
 BATCHES, ROUNDS = (1, 64), 3
 TOLERANCE_POINTS, EXACT_ATOL = 0.5, 1e-4
 TP_CRITERIA = ("magnitude", "taylor", "fpgm")
-COLUMNS = [("criterion", "criterion   ", ""), ("sparsity", "sparsity", ".2f"),
-           ("accuracy_before_ft", "acc no-FT", ".4f"), ("accuracy", "accuracy", ".4f"),
-           ("accuracy_drop_points", "drop pts", "+.2f"), ("flops_reduction", "FLOPs red", ".3f"),
-           ("flops_ratio", "FLOPs x", ".2f"), ("bytes", "bytes", "d"), ("speedup_torch", "torch x", ".2f"),
-           ("speedup_ort", "ort x", ".2f"), ("speedup_torch_eager", "eager x", ".2f"), ("speedup_torch_b1", "torch b1 x", ".2f"),
-           ("speedup_ort_b1", "ort b1 x", ".2f"), ("max_abs_diff", "shrink diff", ".1e")]
+COLUMNS = [
+    ("criterion", "criterion   ", ""),
+    ("sparsity", "sparsity", ".2f"),
+    ("accuracy_before_ft", "acc no-FT", ".4f"),
+    ("accuracy", "accuracy", ".4f"),
+    ("accuracy_drop_points", "drop pts", "+.2f"),
+    ("flops_reduction", "FLOPs red", ".3f"),
+    ("flops_ratio", "FLOPs x", ".2f"),
+    ("bytes", "bytes", "d"),
+    ("speedup_torch", "torch x", ".2f"),
+    ("speedup_ort", "ort x", ".2f"),
+    ("speedup_torch_eager", "eager x", ".2f"),
+    ("speedup_torch_b1", "torch b1 x", ".2f"),
+    ("speedup_ort_b1", "ort b1 x", ".2f"),
+    ("max_abs_diff", "shrink diff", ".1e"),
+]
 
 
 @dataclass
@@ -86,15 +97,15 @@ class Bench:
     momentum: dict[str, Tensor]
     groups: list[ChannelGroup]
     ft_spec: TrainSpec
-    mode: str                              # "shrunk" | "masked": which model is fine-tuned
-    work: Path                             # scratch folder for ONNX files
-    repeats: int                           # timed latency calls per round
-    allocation: str = "uniform"            # channel sparsity across groups
-    round_to: int = 1                      # kept channels per group: a multiple of this
-    teacher: nn.Module | None = None       # --distill: the dense model, for knowledge distillation
-    dense_model: nn.Module | None = None   # plain, eval mode: the paired latency reference
+    mode: str  # "shrunk" | "masked": which model is fine-tuned
+    work: Path  # scratch folder for ONNX files
+    repeats: int  # timed latency calls per round
+    allocation: str = "uniform"  # channel sparsity across groups
+    round_to: int = 1  # kept channels per group: a multiple of this
+    teacher: nn.Module | None = None  # --distill: the dense model, for knowledge distillation
+    dense_model: nn.Module | None = None  # plain, eval mode: the paired latency reference
     dense_onnx: Path | None = None
-    ref: dict | None = None                # see ``reference``
+    ref: dict | None = None  # see ``reference``
 
     @property
     def example(self) -> Tensor:  # traced, checked and profiled on
@@ -106,8 +117,9 @@ def build_dense(recipe: Recipe, data) -> nn.Module:
     from qaprune.models import build_model
 
     torch.manual_seed(recipe.seed)
-    return build_model(recipe.model.name, input_shape=data.input_shape, num_classes=data.num_classes,
-                       **recipe.model.args)
+    return build_model(
+        recipe.model.name, input_shape=data.input_shape, num_classes=data.num_classes, **recipe.model.args
+    )
 
 
 def accuracy_of(model: nn.Module, data) -> float:
@@ -123,12 +135,16 @@ def train_dense(recipe: Recipe, data, runs_dir: Path) -> tuple[dict[str, Tensor]
     key, meta = json.dumps(spec, sort_keys=True), runs_dir / "dense.json"
     if meta.is_file() and json.loads(meta.read_text()).get("key") == key:
         print(f"dense: reusing {runs_dir / 'dense.safetensors'}", flush=True)
-        return (load_tensors(runs_dir / "dense.safetensors"), load_tensors(runs_dir / "momentum.safetensors"),
-                json.loads(meta.read_text()))
+        return (
+            load_tensors(runs_dir / "dense.safetensors"),
+            load_tensors(runs_dir / "momentum.safetensors"),
+            json.loads(meta.read_text()),
+        )
     model = build_dense(recipe, data)
     tracker = MomentumTracker(model)
-    res = fit(model, data.x_train, data.y_train, data.x_val, data.y_val, spec=recipe.train, seed=recipe.seed,
-              on_step=tracker)
+    res = fit(
+        model, data.x_train, data.y_train, data.x_val, data.y_val, spec=recipe.train, seed=recipe.seed, on_step=tracker
+    )
     runs_dir.mkdir(parents=True, exist_ok=True)
     save_tensors(runs_dir / "dense.safetensors", model.state_dict())
     save_tensors(runs_dir / "momentum.safetensors", tracker.average)
@@ -153,11 +169,29 @@ def prune_qaprune(model: nn.Module, name: str, sparsity: float, b: Bench) -> Non
     if "momentum" in needs:  # the averages watched during dense training, on this copy
         tracker = MomentumTracker(model)
         tracker.average = {k: v.clone() for k, v in b.momentum.items()}
-    stats = collect_stats(model, b.data.x_train, b.data.y_train, needs=needs, momentum=tracker,
-                          generator=torch.Generator().manual_seed(b.recipe.seed)) if needs else None
-    prune_to(model, sparsity, criterion=name, structure="channels", allocation=b.allocation, stats=stats,
-             generator=torch.Generator().manual_seed(b.recipe.seed), example_input=b.example[:2],
-             structure_args={"round_to": b.round_to})
+    stats = (
+        collect_stats(
+            model,
+            b.data.x_train,
+            b.data.y_train,
+            needs=needs,
+            momentum=tracker,
+            generator=torch.Generator().manual_seed(b.recipe.seed),
+        )
+        if needs
+        else None
+    )
+    prune_to(
+        model,
+        sparsity,
+        criterion=name,
+        structure="channels",
+        allocation=b.allocation,
+        stats=stats,
+        generator=torch.Generator().manual_seed(b.recipe.seed),
+        example_input=b.example[:2],
+        structure_args={"round_to": b.round_to},
+    )
 
 
 def top_keep(scores: Tensor, sparsity: float, round_to: int = 1) -> Tensor:
@@ -177,15 +211,18 @@ def prune_tp(model: nn.Module, name: str, sparsity: float, b: Bench) -> dict[str
     dependency group of a baked copy -> keeps."""
     from torch_pruning import importance as tpi
 
-    imp = {"magnitude": lambda: tpi.MagnitudeImportance(p=2), "taylor": tpi.TaylorImportance,
-           "fpgm": lambda: tpi.FPGMImportance(p=2)}[name]()
+    imp = {
+        "magnitude": lambda: tpi.MagnitudeImportance(p=2),
+        "taylor": tpi.TaylorImportance,
+        "fpgm": lambda: tpi.FPGMImportance(p=2),
+    }[name]()
     plain = bake(copy.deepcopy(model))
     _, pairs = dependency_groups(plain, b.example)
     if name == "taylor":  # ∂L/∂w of the mean loss over 1024 calibration samples, as collect_stats
         idx = torch.randperm(len(b.data.x_train), generator=torch.Generator().manual_seed(b.recipe.seed))[:1024]
         plain.zero_grad()
         for i in range(0, len(idx), 256):
-            xb, yb = b.data.x_train[idx[i:i + 256]], b.data.y_train[idx[i:i + 256]]
+            xb, yb = b.data.x_train[idx[i : i + 256]], b.data.y_train[idx[i : i + 256]]
             (torch.nn.functional.cross_entropy(plain(xb), yb) * len(xb) / len(idx)).backward()
     keeps = {}
     for g, tp_group in pairs:
@@ -215,8 +252,16 @@ def shrink_checked(model: nn.Module, b: Bench) -> tuple[nn.Module, float, dict[s
 
 def finetune(model: nn.Module, b: Bench) -> float:
     """The shared fine-tuning budget -> training seconds."""
-    return fit(model, b.data.x_train, b.data.y_train, b.data.x_val, b.data.y_val, spec=b.ft_spec,
-               seed=b.recipe.seed + 1, teacher=b.teacher).train_seconds
+    return fit(
+        model,
+        b.data.x_train,
+        b.data.y_train,
+        b.data.x_val,
+        b.data.y_val,
+        spec=b.ft_spec,
+        seed=b.recipe.seed + 1,
+        teacher=b.teacher,
+    ).train_seconds
 
 
 def state_bytes(model: nn.Module) -> int:
@@ -237,8 +282,9 @@ def latencies(model: nn.Module, onnx_path: Path, b: Bench) -> dict[str, float]:
     out = {}
     jit = for_inference(model, b.example)
     for backend, key, target in (("torch", "torch", model), ("torch", "jit", jit), ("ort", "ort", str(onnx_path))):
-        rows = measure_latency(target, b.data.input_shape, batch_sizes=BATCHES, threads=(1,), backend=backend, warmup=5,
-                               repeats=b.repeats)
+        rows = measure_latency(
+            target, b.data.input_shape, batch_sizes=BATCHES, threads=(1,), backend=backend, warmup=5, repeats=b.repeats
+        )
         out.update({f"{key}_b{r['batch']}": r["median_ms"] for r in rows})
     return out
 
@@ -274,14 +320,31 @@ def run_point(b: Bench, source: str, name: str, sparsity: float) -> dict:
     acc, m, size = accuracy_of(shrunk, b.data), macs(shrunk, b), state_bytes(shrunk)
     ms, sp = speedups(shrunk, b, f"{source}-{name}-{sparsity}")
     tag = "+kd" if b.teacher is not None else ""
-    return {"criterion": (name if source == "qaprune" else f"tp-{name}") + tag, "source": source, "sparsity": sparsity,
-            "accuracy": acc, "accuracy_before_ft": acc0, "accuracy_drop_points": 100.0 * (ref["accuracy"] - acc),
-            "macs": m, "flops_reduction": 1.0 - m / ref["macs"], "flops_ratio": ref["macs"] / m, "bytes": size,
-            "bytes_ratio": ref["bytes"] / size, "speedup_torch": sp["jit_b64"], "speedup_ort": sp["ort_b64"],
-            "speedup_torch_b1": sp["jit_b1"], "speedup_ort_b1": sp["ort_b1"], "speedup_torch_eager": sp["torch_b64"],
-            "speedup_torch_eager_b1": sp["torch_b1"], "latency_ms": ms,
-            "max_abs_diff": diff, "exact": diff <= EXACT_ATOL, "removed": removed, "prune_seconds": prune_s,
-            "finetune_seconds": ft_s}
+    return {
+        "criterion": (name if source == "qaprune" else f"tp-{name}") + tag,
+        "source": source,
+        "sparsity": sparsity,
+        "accuracy": acc,
+        "accuracy_before_ft": acc0,
+        "accuracy_drop_points": 100.0 * (ref["accuracy"] - acc),
+        "macs": m,
+        "flops_reduction": 1.0 - m / ref["macs"],
+        "flops_ratio": ref["macs"] / m,
+        "bytes": size,
+        "bytes_ratio": ref["bytes"] / size,
+        "speedup_torch": sp["jit_b64"],
+        "speedup_ort": sp["ort_b64"],
+        "speedup_torch_b1": sp["jit_b1"],
+        "speedup_ort_b1": sp["ort_b1"],
+        "speedup_torch_eager": sp["torch_b64"],
+        "speedup_torch_eager_b1": sp["torch_b1"],
+        "latency_ms": ms,
+        "max_abs_diff": diff,
+        "exact": diff <= EXACT_ATOL,
+        "removed": removed,
+        "prune_seconds": prune_s,
+        "finetune_seconds": ft_s,
+    }
 
 
 def dense_reference_models(b: Bench) -> None:
@@ -300,9 +363,15 @@ def reference(b: Bench) -> dict:
     dense.load_state_dict(b.dense_state)
     acc0, ft_s = accuracy_of(dense, b.data), finetune(dense, b)
     acc1 = accuracy_of(dense, b.data)
-    return {"accuracy": max(acc0, acc1), "accuracy_ft": acc1, "accuracy_no_ft": acc0, "macs": macs(dense, b),
-            "bytes": state_bytes(dense), "latency_ms": latencies(b.dense_model, b.dense_onnx, b),
-            "finetune_seconds": ft_s}
+    return {
+        "accuracy": max(acc0, acc1),
+        "accuracy_ft": acc1,
+        "accuracy_no_ft": acc0,
+        "macs": macs(dense, b),
+        "bytes": state_bytes(dense),
+        "latency_ms": latencies(b.dense_model, b.dense_onnx, b),
+        "finetune_seconds": ft_s,
+    }
 
 
 def teacher_of(b: Bench) -> nn.Module:
@@ -322,13 +391,29 @@ def best(points: list[dict]) -> dict | None:
 
 def headline(points: list[dict], ref: dict) -> dict:
     """The issue's headline: qaprune's best criterion within the bound, the targets, the peer's best."""
-    keys = ("criterion", "sparsity", "flops_reduction", "accuracy_drop_points", "flops_ratio", "speedup_torch",
-            "speedup_ort", "speedup_torch_b1", "speedup_ort_b1", "speedup_torch_eager", "speedup_torch_eager_b1",
-            "bytes_ratio")
+    keys = (
+        "criterion",
+        "sparsity",
+        "flops_reduction",
+        "accuracy_drop_points",
+        "flops_ratio",
+        "speedup_torch",
+        "speedup_ort",
+        "speedup_torch_b1",
+        "speedup_ort_b1",
+        "speedup_torch_eager",
+        "speedup_torch_eager_b1",
+        "bytes_ratio",
+    )
     top, peer = (best([p for p in points if (p["source"] == "qaprune") == ours]) for ours in (True, False))
     h: dict[str, Any] = {k: top[k] for k in keys} if top else {"criterion": None}
-    h.update(dense_accuracy=ref["accuracy"], dense_accuracy_ft=ref["accuracy_ft"],
-             dense_accuracy_no_ft=ref["accuracy_no_ft"], tolerance_points=TOLERANCE_POINTS, speedup_batch=64)
+    h.update(
+        dense_accuracy=ref["accuracy"],
+        dense_accuracy_ft=ref["accuracy_ft"],
+        dense_accuracy_no_ft=ref["accuracy_no_ft"],
+        tolerance_points=TOLERANCE_POINTS,
+        speedup_batch=64,
+    )
     if top:
         h["flops_target_met"] = top["flops_reduction"] >= 0.6
         h["speedup_target_met_torch"] = top["speedup_torch"] >= 0.8 * top["flops_ratio"]
@@ -341,17 +426,37 @@ def headline(points: list[dict], ref: dict) -> dict:
     return h
 
 
-def save(args: argparse.Namespace, plan: dict, ref: dict, dense_info: dict, points: list[dict],
-         skipped: list[dict], *, complete: bool) -> Path:
+def save(
+    args: argparse.Namespace,
+    plan: dict,
+    ref: dict,
+    dense_info: dict,
+    points: list[dict],
+    skipped: list[dict],
+    *,
+    complete: bool,
+) -> Path:
     """Write the results JSON (also after every point, with ``complete`` false)."""
     dense = {**ref, "train_epochs": dense_info["epochs"], "train_seconds": dense_info["train_seconds"]}
-    return write_results(args.name or ("prune_fashion_quick" if args.quick else "prune_fashion"), {
-        "benchmark": "prune_fashion", "quick": args.quick, "complete": complete, "machine": machine(),
-        "budget": plan, "headline": headline(points, ref), "dense": dense, "points": points, "skipped": skipped})
+    return write_results(
+        args.name or ("prune_fashion_quick" if args.quick else "prune_fashion"),
+        {
+            "benchmark": "prune_fashion",
+            "quick": args.quick,
+            "complete": complete,
+            "machine": machine(),
+            "budget": plan,
+            "headline": headline(points, ref),
+            "dense": dense,
+            "points": points,
+            "skipped": skipped,
+        },
+    )
 
 
-def run_all(b: Bench, args: argparse.Namespace, on_point: Callable[[list, list], None]
-            ) -> tuple[list[dict], list[dict]]:
+def run_all(
+    b: Bench, args: argparse.Namespace, on_point: Callable[[list, list], None]
+) -> tuple[list[dict], list[dict]]:
     """Every (sparsity, criterion) point; a criterion that cannot score channels is skipped, and a
     point that fails is recorded as such (the run goes on)."""
     jobs = [("qaprune", c) for c in args.criteria] + [("torch-pruning", c) for c in args.tp]
@@ -362,16 +467,20 @@ def run_all(b: Bench, args: argparse.Namespace, on_point: Callable[[list, list],
             t0 = time.perf_counter()
             try:
                 p = run_point(b, source, name, sparsity)
-            except Exception as exc:  # noqa: BLE001 - recorded: cannot score channels (RecipeError), or a failure
+            except Exception as exc:
                 what = "skipped" if isinstance(exc, (RecipeError, ValueError)) else f"failed ({type(exc).__name__})"
-                skipped.append({"criterion": name, "source": source, "sparsity": sparsity, "status": what,
-                                "reason": str(exc)})
+                skipped.append(
+                    {"criterion": name, "source": source, "sparsity": sparsity, "status": what, "reason": str(exc)}
+                )
                 print(f"{what}: {source}:{name} at {sparsity}: {exc}", flush=True)
                 continue
             points.append(p)
-            print(f"{p['criterion']:<14} {sparsity:.2f} acc {p['accuracy']:.4f} ({p['accuracy_drop_points']:+.2f}) "
-                  f"FLOPs x{p['flops_ratio']:.2f} torch x{p['speedup_torch']:.2f} ort x{p['speedup_ort']:.2f} "
-                  f"diff {p['max_abs_diff']:.1e}  {time.perf_counter() - t0:.0f} s", flush=True)
+            print(
+                f"{p['criterion']:<14} {sparsity:.2f} acc {p['accuracy']:.4f} ({p['accuracy_drop_points']:+.2f}) "
+                f"FLOPs x{p['flops_ratio']:.2f} torch x{p['speedup_torch']:.2f} ort x{p['speedup_ort']:.2f} "
+                f"diff {p['max_abs_diff']:.1e}  {time.perf_counter() - t0:.0f} s",
+                flush=True,
+            )
             on_point(points, skipped)
     return points, skipped
 
@@ -390,16 +499,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2, help="torch threads for training (latency: 1)")
     ap.add_argument("--repeats", type=int, default=None, help=f"timed calls per round, {ROUNDS} rounds (10)")
     ap.add_argument("--runs-dir", type=Path, default=None)
-    ap.add_argument("--distill", action="store_true",
-                    help="fine-tune with the dense model as teacher (KD: T=4, weight 0.5); criteria get '+kd'")
-    ap.add_argument("--append", action="store_true",
-                    help="add these points to the finished results JSON (same dense reference)")
+    ap.add_argument(
+        "--distill",
+        action="store_true",
+        help="fine-tune with the dense model as teacher (KD: T=4, weight 0.5); criteria get '+kd'",
+    )
+    ap.add_argument(
+        "--append", action="store_true", help="add these points to the finished results JSON (same dense reference)"
+    )
     ap.add_argument("--allocation", choices=("uniform", "global", "lamp"), default="uniform")
     ap.add_argument("--round-to", type=int, default=1, help="kept channels per group: a multiple of this")
-    ap.add_argument("--merge", default=None, metavar="NAME",
-                    help="only merge the finished results NAME.json (another budget) into --name's file")
-    ap.add_argument("--name", default=None, help="results file stem (default prune_fashion; a second budget "
-                    "on a subset of criteria goes to its own file, e.g. prune_fashion_ft6)")
+    ap.add_argument(
+        "--merge",
+        default=None,
+        metavar="NAME",
+        help="only merge the finished results NAME.json (another budget) into --name's file",
+    )
+    ap.add_argument(
+        "--name",
+        default=None,
+        help="results file stem (default prune_fashion; a second budget "
+        "on a subset of criteria goes to its own file, e.g. prune_fashion_ft6)",
+    )
     args = ap.parse_args(argv)
     q = args.quick
     args.criteria = (["magnitude", "taylor"] if q else CRITERIA.names()) if args.criteria is None else args.criteria
@@ -423,12 +544,29 @@ def configure(args: argparse.Namespace) -> tuple[Recipe, TrainSpec]:
 def budget(args: argparse.Namespace, recipe: Recipe, ft: TrainSpec, data) -> dict:
     """The settings of the run, for the JSON."""
     t = recipe.train
-    return {"dense_epochs": t.epochs, "finetune_epochs": ft.epochs, "finetune_lr": ft.lr, "batch_size": t.batch_size,
-            "optimizer": t.optimizer, "lr_schedule": t.lr_schedule, "train_samples": len(data.x_train),
-            "val_samples": len(data.x_val), "test_samples": len(data.x_test), "finetune": args.finetune,
-            "train_threads": args.threads, "latency_threads": 1, "latency_batches": list(BATCHES),
-            "latency_repeats_per_round": args.repeats, "latency_rounds": ROUNDS, "structure": "channels",
-            "allocation": args.allocation, "round_to": args.round_to, "batchnorm_folded_for_latency": True, "recipe": "recipes/fashion_vgg.yaml", "model_args": recipe.model.args}
+    return {
+        "dense_epochs": t.epochs,
+        "finetune_epochs": ft.epochs,
+        "finetune_lr": ft.lr,
+        "batch_size": t.batch_size,
+        "optimizer": t.optimizer,
+        "lr_schedule": t.lr_schedule,
+        "train_samples": len(data.x_train),
+        "val_samples": len(data.x_val),
+        "test_samples": len(data.x_test),
+        "finetune": args.finetune,
+        "train_threads": args.threads,
+        "latency_threads": 1,
+        "latency_batches": list(BATCHES),
+        "latency_repeats_per_round": args.repeats,
+        "latency_rounds": ROUNDS,
+        "structure": "channels",
+        "allocation": args.allocation,
+        "round_to": args.round_to,
+        "batchnorm_folded_for_latency": True,
+        "recipe": "recipes/fashion_vgg.yaml",
+        "model_args": recipe.model.args,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -447,8 +585,19 @@ def main(argv: list[str] | None = None) -> None:
     if old is not None:
         plan = {**old["budget"], "appended": [*old["budget"].get("appended", []), appended(args, ft_spec)]}
     with tempfile.TemporaryDirectory() as tmp:
-        b = Bench(recipe, data, state, momentum, groups, ft_spec, args.finetune, Path(tmp), args.repeats,
-                  args.allocation, args.round_to)
+        b = Bench(
+            recipe,
+            data,
+            state,
+            momentum,
+            groups,
+            ft_spec,
+            args.finetune,
+            Path(tmp),
+            args.repeats,
+            args.allocation,
+            args.round_to,
+        )
         if old is not None:  # the same dense reference as the run appended to
             dense_reference_models(b)
             b.ref = {k: v for k, v in old["dense"].items() if k not in ("train_epochs", "train_seconds")}
@@ -457,11 +606,15 @@ def main(argv: list[str] | None = None) -> None:
         b.teacher = teacher_of(b) if args.distill else None
         if args.distill:
             b.ft_spec = TrainSpec(**{**ft_spec.model_dump(), "distill": {"temperature": 4.0, "weight": 0.5}})
-        print(f"dense: accuracy {b.ref['accuracy_no_ft']:.4f}, after the fine-tuning budget "
-              f"{b.ref['accuracy_ft']:.4f}; MACs {b.ref['macs']:,}; latency ms {b.ref['latency_ms']}", flush=True)
+        print(
+            f"dense: accuracy {b.ref['accuracy_no_ft']:.4f}, after the fine-tuning budget "
+            f"{b.ref['accuracy_ft']:.4f}; MACs {b.ref['macs']:,}; latency ms {b.ref['latency_ms']}",
+            flush=True,
+        )
         before = (old["points"], old["skipped"]) if old is not None else ([], [])
-        points, skipped = run_all(b, args, lambda p, s: save(args, plan, b.ref, info, before[0] + p, before[1] + s,
-                                                             complete=False))
+        points, skipped = run_all(
+            b, args, lambda p, s: save(args, plan, b.ref, info, before[0] + p, before[1] + s, complete=False)
+        )
     points, skipped = before[0] + points, before[1] + skipped
     path = save(args, plan, b.ref, info, points, skipped, complete=True)
     report(points, headline(points, b.ref), path)
@@ -479,9 +632,13 @@ def previous(args: argparse.Namespace) -> dict | None:
 
 
 def appended(args: argparse.Namespace, ft: TrainSpec) -> dict:
-    return {"criteria": args.criteria, "torch_pruning": args.tp, "sparsities": args.sparsities,
-            "finetune_epochs": ft.epochs, "distill": {"teacher": "dense", "temperature": 4.0, "weight": 0.5}
-            if args.distill else None}
+    return {
+        "criteria": args.criteria,
+        "torch_pruning": args.tp,
+        "sparsities": args.sparsities,
+        "finetune_epochs": ft.epochs,
+        "distill": {"teacher": "dense", "temperature": 4.0, "weight": 0.5} if args.distill else None,
+    }
 
 
 def merge(base: str, extra: str) -> Path:
@@ -492,28 +649,45 @@ def merge(base: str, extra: str) -> Path:
     runs = [json.loads((RESULTS / f"{n}.json").read_text()) for n in (base, extra)]
     if not all(r.get("complete") for r in runs):
         raise SystemExit(f"--merge: {base}.json and {extra}.json must both be complete")
-    budgets = [{"name": n, "finetune_epochs": r["budget"]["finetune_epochs"], "headline": r["headline"],
-                "dense": r["dense"], **({"budget": r["budget"], "points": r["points"]} if n == extra else {})}
-               for n, r in zip((base, extra), runs)]
+    budgets = [
+        {
+            "name": n,
+            "finetune_epochs": r["budget"]["finetune_epochs"],
+            "headline": r["headline"],
+            "dense": r["dense"],
+            **({"budget": r["budget"], "points": r["points"]} if n == extra else {}),
+        }
+        for n, r in zip((base, extra), runs)
+    ]
 
     def rank(b: dict) -> tuple:
         h = b["headline"]
         return (h["criterion"] is not None, h.get("flops_reduction", 0.0), -h.get("accuracy_drop_points", 99.0))
 
     top = max(budgets, key=rank)
-    out = {**runs[0], "budgets": [b for b in budgets], "headline": {**top["headline"],
-                                                                    "finetune_epochs": top["finetune_epochs"]}}
+    out = {
+        **runs[0],
+        "budgets": [b for b in budgets],
+        "headline": {**top["headline"], "finetune_epochs": top["finetune_epochs"]},
+    }
     return write_results(base, out)
 
 
 def report(points: list[dict], h: dict, path: Path) -> None:
     print(table(points, COLUMNS))
     none = f"none within {TOLERANCE_POINTS} points; closest: {json.dumps(h['closest'])}"
-    print(f"\nheadline (dense reference {h['dense_accuracy']:.4f}): " + (none if h["criterion"] is None else
-          f"{h['criterion']} at {h['sparsity']:.2f}: {100 * h['flops_reduction']:.1f}% fewer FLOPs "
-          f"(x{h['flops_ratio']:.2f}), {h['accuracy_drop_points']:+.2f} points; speedup (batch 64) torch "
-          f"x{h['speedup_torch']:.2f}, ORT x{h['speedup_ort']:.2f}; met: FLOPs {h['flops_target_met']}, "
-          f"speedup torch {h['speedup_target_met_torch']}, ORT {h['speedup_target_met_ort']}") + f"\nwrote {path}")
+    print(
+        f"\nheadline (dense reference {h['dense_accuracy']:.4f}): "
+        + (
+            none
+            if h["criterion"] is None
+            else f"{h['criterion']} at {h['sparsity']:.2f}: {100 * h['flops_reduction']:.1f}% fewer FLOPs "
+            f"(x{h['flops_ratio']:.2f}), {h['accuracy_drop_points']:+.2f} points; speedup (batch 64) torch "
+            f"x{h['speedup_torch']:.2f}, ORT x{h['speedup_ort']:.2f}; met: FLOPs {h['flops_target_met']}, "
+            f"speedup torch {h['speedup_target_met_torch']}, ORT {h['speedup_target_met_ort']}"
+        )
+        + f"\nwrote {path}"
+    )
 
 
 if __name__ == "__main__":

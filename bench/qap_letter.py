@@ -10,6 +10,7 @@ accuracy, over every pruning step of every qaprune run), ``peer_bops_reduction``
 the peer), ``epoch_ratio_qap_vs_fp32`` and ``epoch_ratio_qap_vs_peer`` (seconds per training
 epoch of 6-bit QAP-FT against 32-bit dense training and against the peer's 6-bit QAP-FT).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,16 +21,22 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import best_within, machine, table, write_results  # noqa: E402
+from common import best_within, machine, table, write_results
 
-from qaprune.prune.schedules import steps  # noqa: E402
-from qaprune.recipe import Recipe  # noqa: E402
-from qaprune.runner import clean, run  # noqa: E402
+from qaprune.prune.schedules import steps
+from qaprune.recipe import Recipe
+from qaprune.runner import clean, run
 
 RECIPES = HERE.parent / "recipes"
-COLUMNS = [("variant", "variant", ""), ("step", "step", "d"), ("sparsity", "sparsity", ".3f"),
-           ("accuracy", "accuracy", ".4f"), ("bops", "BOPs", ".4g"), ("bops_reduction", "vs fp32", ".1f"),
-           ("seconds_per_epoch", "s/epoch", ".4f")]
+COLUMNS = [
+    ("variant", "variant", ""),
+    ("step", "step", "d"),
+    ("sparsity", "sparsity", ".3f"),
+    ("accuracy", "accuracy", ".4f"),
+    ("bops", "BOPs", ".4g"),
+    ("bops_reduction", "vs fp32", ".1f"),
+    ("seconds_per_epoch", "s/epoch", ".4f"),
+]
 
 
 def variants(bits_list: list[int], lamp_bits: list[int]) -> dict[str, Recipe]:
@@ -45,7 +52,8 @@ def variants(bits_list: list[int], lamp_bits: list[int]) -> dict[str, Recipe]:
         out[f"prune-{tag}-lt" if b == 32 else f"qap-{tag}-lt"] = lt.override(q + [f"name=lt-{tag}"])
         if b in lamp_bits:  # qaprune's layer-adaptive criterion, same schedule
             out[f"prune-{tag}-ft-lamp" if b == 32 else f"qap-{tag}-ft-lamp"] = ft.override(
-                q + ["prune.criterion=lamp", f"name=ft-lamp-{tag}"])
+                q + ["prune.criterion=lamp", f"name=ft-lamp-{tag}"]
+            )
     return out
 
 
@@ -56,8 +64,11 @@ def run_qaprune(recipes: dict[str, Recipe], *, data_dir: str, runs_dir: Path, ov
         t0 = time.perf_counter()
         res = run(recipe.override(overrides), out=runs_dir / name, data_dir=data_dir, log=lambda *_: None)
         results[name] = res.results
-        print(f"{name:<16} {time.perf_counter() - t0:7.1f} s  final accuracy {res.metrics['accuracy']:.4f} "
-              f"BOPs reduction {res.metrics['bops_reduction']:.1f}x", flush=True)
+        print(
+            f"{name:<16} {time.perf_counter() - t0:7.1f} s  final accuracy {res.metrics['accuracy']:.4f} "
+            f"BOPs reduction {res.metrics['bops_reduction']:.1f}x",
+            flush=True,
+        )
     return results
 
 
@@ -74,10 +85,25 @@ def run_peers(bits_list: list[int], recipe: Recipe, *, data_dir: str) -> dict:
     for b in bits_list:
         t0 = time.perf_counter()
         out[f"peer-{b}b-ft"] = run_peer(
-            data.x_train, data.y_train, data.x_val, data.y_val, data.x_test, data.y_test,
-            num_classes=data.num_classes, hidden=tuple(recipe.model.args["hidden"]), bits=b,
-            sparsities=targets, rewind="ft", max_epochs=t.epochs, patience=t.patience,
-            batch_size=t.batch_size, lr=t.lr, l1=t.l1, seed=recipe.seed, act_max=recipe.quant.act_max)
+            data.x_train,
+            data.y_train,
+            data.x_val,
+            data.y_val,
+            data.x_test,
+            data.y_test,
+            num_classes=data.num_classes,
+            hidden=tuple(recipe.model.args["hidden"]),
+            bits=b,
+            sparsities=targets,
+            rewind="ft",
+            max_epochs=t.epochs,
+            patience=t.patience,
+            batch_size=t.batch_size,
+            lr=t.lr,
+            l1=t.l1,
+            seed=recipe.seed,
+            act_max=recipe.quant.act_max,
+        )
         print(f"peer-{b}b-ft      {time.perf_counter() - t0:7.1f} s", flush=True)
     return out
 
@@ -110,9 +136,17 @@ def _points(results: dict, *, fp32_bops: float) -> list[dict]:
         spe = res["timing"]["seconds_per_epoch"] if "timing" in res else res["seconds_per_epoch"]
         for h in hist:
             red = h.get("bops_reduction") or fp32_bops / h["bops"]
-            pts.append({"variant": name, "step": h["step"], "sparsity": h["sparsity"],
-                        "accuracy": h["accuracy"], "bops": h["bops"], "bops_reduction": red,
-                        "seconds_per_epoch": spe})
+            pts.append(
+                {
+                    "variant": name,
+                    "step": h["step"],
+                    "sparsity": h["sparsity"],
+                    "accuracy": h["accuracy"],
+                    "bops": h["bops"],
+                    "bops_reduction": red,
+                    "seconds_per_epoch": spe,
+                }
+            )
     return pts
 
 
@@ -131,7 +165,8 @@ def report(ours: dict, peers: dict, args) -> None:
         "best": best,
         "peer_bops_reduction": best_peer["bops_reduction"] if best_peer else None,
         "peer_best": best_peer,
-        "fp32_accuracy": ref["accuracy"], "fp32_bops": fp32_bops,
+        "fp32_accuracy": ref["accuracy"],
+        "fp32_bops": fp32_bops,
         "seconds_per_epoch_fp32": spe.get("fp32"),
         "seconds_per_epoch_qap": spe.get("qap-6b-ft"),
         "seconds_per_epoch_peer_qap": spe_peer.get("peer-6b-ft"),
@@ -140,15 +175,26 @@ def report(ours: dict, peers: dict, args) -> None:
         headline["epoch_ratio_qap_vs_fp32"] = spe["qap-6b-ft"] / spe["fp32"]
     if spe_peer.get("peer-6b-ft") and spe.get("qap-6b-ft"):
         headline["epoch_ratio_qap_vs_peer"] = spe["qap-6b-ft"] / spe_peer["peer-6b-ft"]
-    path = write_results("qap_letter", {
-        "benchmark": "qap_letter", "quick": args.quick, "machine": machine(), "threads": args.threads,
-        "headline": headline, "points": our_pts, "peer_points": peer_pts,
-        "runs": {n: {"metrics": r["metrics"], "timing": r["timing"]} for n, r in ours.items()},
-        "peer_runs": {n: {k: v for k, v in r.items() if k != "history"} for n, r in peers.items()}})
-    print(f"\nheadline: {headline['bops_reduction']:.1f}x fewer BOPs than 32-bit dense within 0.5 points "
-          f"(peer: {headline['peer_bops_reduction'] or float('nan'):.1f}x); epoch time QAP/fp32 "
-          f"{headline.get('epoch_ratio_qap_vs_fp32', float('nan')):.2f}, QAP/peer "
-          f"{headline.get('epoch_ratio_qap_vs_peer', float('nan')):.2f}\nwrote {path}")
+    path = write_results(
+        "qap_letter",
+        {
+            "benchmark": "qap_letter",
+            "quick": args.quick,
+            "machine": machine(),
+            "threads": args.threads,
+            "headline": headline,
+            "points": our_pts,
+            "peer_points": peer_pts,
+            "runs": {n: {"metrics": r["metrics"], "timing": r["timing"]} for n, r in ours.items()},
+            "peer_runs": {n: {k: v for k, v in r.items() if k != "history"} for n, r in peers.items()},
+        },
+    )
+    print(
+        f"\nheadline: {headline['bops_reduction']:.1f}x fewer BOPs than 32-bit dense within 0.5 points "
+        f"(peer: {headline['peer_bops_reduction'] or float('nan'):.1f}x); epoch time QAP/fp32 "
+        f"{headline.get('epoch_ratio_qap_vs_fp32', float('nan')):.2f}, QAP/peer "
+        f"{headline.get('epoch_ratio_qap_vs_peer', float('nan')):.2f}\nwrote {path}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """The command line: a run on digits, schema, measure, report, and one-line errors."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,11 @@ import yaml
 from qaprune.cli import main
 
 RECIPE = {
-    "name": "cli", "data": {"name": "digits"}, "model": {"name": "mlp", "args": {"hidden": [32, 16]}},
-    "quant": {"weight_bits": 4, "act_bits": 4}, "prune": {"sparsity": 0.5, "rate": 0.5},
+    "name": "cli",
+    "data": {"name": "digits"},
+    "model": {"name": "mlp", "args": {"hidden": [32, 16]}},
+    "quant": {"weight_bits": 4, "act_bits": 4},
+    "prune": {"sparsity": 0.5, "rate": 0.5},
     "train": {"epochs": 2, "batch_size": 128},
 }
 
@@ -35,7 +39,7 @@ def test_cli_run_measure_report(tmp_path, recipe_file, capsys):
     assert _main(["run", str(recipe_file), "--out", str(out), "--set", "train.epochs=1", "--quiet"]) == 0
     assert "accuracy" in capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
-    assert results["recipe"]["train"]["epochs"] == 1          # --set applied and recorded
+    assert results["recipe"]["train"]["epochs"] == 1  # --set applied and recorded
     assert _main(["measure", str(out)]) == 0
     measured = json.loads(capsys.readouterr().out)
     assert measured["accuracy"] == results["metrics"]["accuracy"]
@@ -50,13 +54,16 @@ def test_cli_schema(capsys):
     assert "prune" in schema["properties"]
 
 
-@pytest.mark.parametrize("override, message", [
-    ("prune.sparsity=1.3", "recipe.prune.sparsity: 1.3 is not in [0, 1)"),
-    ("quant.weight_bits=33", "recipe.quant.weight_bits"),
-    ("model.name=resnet9000", "unknown model 'resnet9000'; known:"),
-    ("data.name=imagenet", "imagenet"),
-    ("prune.criterion=psychic", "known: "),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("prune.sparsity=1.3", "recipe.prune.sparsity: 1.3 is not in [0, 1)"),
+        ("quant.weight_bits=33", "recipe.quant.weight_bits"),
+        ("model.name=resnet9000", "unknown model 'resnet9000'; known:"),
+        ("data.name=imagenet", "imagenet"),
+        ("prune.criterion=psychic", "known: "),
+    ],
+)
 def test_cli_bad_input_is_one_clear_line(tmp_path, recipe_file, capsys, override, message):
     code = _main(["run", str(recipe_file), "--out", str(tmp_path / "x"), "--set", override, "--quiet"])
     err = capsys.readouterr().err

@@ -1,5 +1,6 @@
 """Weight clustering: exact 1-D k-means against brute force and Lloyd, the Cluster parametrization
 on its own and on the Mask → Cluster → FakeQuant chain, cluster_model, the regularizer."""
+
 from __future__ import annotations
 
 import doctest
@@ -19,9 +20,18 @@ from qaprune.compress import attach, bake
 from qaprune.errors import RecipeError
 from qaprune.models import build_model
 from qaprune.prune.pruner import Mask, get_mask, prune_to
-from qaprune.quant.cluster import (Cluster, ClusterPull, cluster_centres, cluster_k, cluster_model,
-                                   cluster_penalty, clusters_from_state, kmeans_1d, nearest,
-                                   recipe_clusters)
+from qaprune.quant.cluster import (
+    Cluster,
+    ClusterPull,
+    cluster_centres,
+    cluster_k,
+    cluster_model,
+    cluster_penalty,
+    clusters_from_state,
+    kmeans_1d,
+    nearest,
+    recipe_clusters,
+)
 from qaprune.quant.fake_quant import FakeQuant
 from qaprune.recipe import Recipe
 from qaprune.train import fit
@@ -62,10 +72,14 @@ def _assert_sse(got: float, want: float) -> None:
 
 # --- kmeans_1d ---------------------------------------------------------------------------------
 @settings(max_examples=150, deadline=None)
-@given(values=st.lists(st.one_of(st.integers(-6, 6).map(lambda v: v / 4),
-                                 st.floats(-10, 10, allow_nan=False, allow_infinity=False)),
-                       min_size=1, max_size=9),
-       k=st.integers(1, 10))
+@given(
+    values=st.lists(
+        st.one_of(st.integers(-6, 6).map(lambda v: v / 4), st.floats(-10, 10, allow_nan=False, allow_infinity=False)),
+        min_size=1,
+        max_size=9,
+    ),
+    k=st.integers(1, 10),
+)
 def test_dp_equals_brute_force(values, k):
     c, a, sse = kmeans_1d(torch.tensor(values, dtype=torch.float64), k)
     _assert_sse(sse, brute_force(values, k))
@@ -112,7 +126,7 @@ def test_fewer_distinct_values_than_k():
     assert kmeans_1d(torch.tensor([1, 2, 10]), 2)[0].dtype == torch.float64  # integers → float64
 
 
-@pytest.mark.parametrize("k", [0, -1, 2 ** 16 + 1, 2.5, True, "4"])
+@pytest.mark.parametrize("k", [0, -1, 2**16 + 1, 2.5, True, "4"])
 def test_bad_k_refused(k):
     with pytest.raises(ValueError, match="kmeans_1d: k"):
         kmeans_1d(torch.randn(10), k)
@@ -129,8 +143,11 @@ def test_never_worse_than_lloyd(dist, k):
     from sklearn.cluster import KMeans
 
     rng = np.random.default_rng(k)
-    x = {"uniform": rng.uniform(-1, 1, 3000), "gaussian": rng.normal(0, 0.05, 3000),
-         "laplace": rng.laplace(0, 0.05, 3000)}[dist]
+    x = {
+        "uniform": rng.uniform(-1, 1, 3000),
+        "gaussian": rng.normal(0, 0.05, 3000),
+        "laplace": rng.laplace(0, 0.05, 3000),
+    }[dist]
     sse = kmeans_1d(torch.from_numpy(x), k)[2]
     for n_init in (1, 4):
         km = KMeans(n_clusters=k, n_init=n_init, random_state=0).fit(x[:, None])
@@ -263,7 +280,7 @@ def test_plain_model_and_per_layer_k():
     assert len(torch.unique(m[0].weight)) == 3 and m(torch.randn(1, 2, 4, 4)).shape == (1, 3)
 
 
-@pytest.mark.parametrize("k", [1, 2 ** 16 + 1, 0, True])
+@pytest.mark.parametrize("k", [1, 2**16 + 1, 0, True])
 def test_bad_k_names_the_layer(k):
     model = _qap_mlp()
     with pytest.raises(RecipeError, match="fc3"):

@@ -1,5 +1,6 @@
 """Tests of qaprune.compress: attach (Mask then FakeQuant, QuantReLU with per-layer bits, the
 input quantizer), bake (plain weights, identical outputs) and rewind (init weights, masks kept)."""
+
 from __future__ import annotations
 
 import copy
@@ -33,8 +34,9 @@ def _kinds(mod: nn.Module, tensor: str = "weight") -> list[str]:
 
 
 def test_attach_mask_then_quant_everywhere() -> None:
-    model = attach(_mlp(), Recipe(quant={"weight_bits": 6, "act_bits": 6}, prune={"sparsity": 0.5}),
-                   sample=torch.randn(32, 16))
+    model = attach(
+        _mlp(), Recipe(quant={"weight_bits": 6, "act_bits": 6}, prune={"sparsity": 0.5}), sample=torch.randn(32, 16)
+    )
     for name in FCS:
         assert _kinds(getattr(model, name)) == ["Mask", "FakeQuant"]
         assert weight_bits(getattr(model, name)) == 6
@@ -68,12 +70,19 @@ def test_attach_pruning_only_float() -> None:
 
 
 def test_attach_per_layer_overrides() -> None:
-    recipe = Recipe.parse({
-        "quant": {"weight_bits": 6, "act_bits": 6, "input_bits": 8, "input_max": 2.0, "per_channel": False},
-        "prune": {"sparsity": 0.5},
-        "layers": {"fc4": {"weight_bits": 32, "prune": False}, "fc1": {"weight_bits": 4, "per_channel": True},
-                   "fc2": {"sparsity": 0.0}, "act2": {"act_bits": 3}, "act3": {"act_bits": 32}},
-    })
+    recipe = Recipe.parse(
+        {
+            "quant": {"weight_bits": 6, "act_bits": 6, "input_bits": 8, "input_max": 2.0, "per_channel": False},
+            "prune": {"sparsity": 0.5},
+            "layers": {
+                "fc4": {"weight_bits": 32, "prune": False},
+                "fc1": {"weight_bits": 4, "per_channel": True},
+                "fc2": {"sparsity": 0.0},
+                "act2": {"act_bits": 3},
+                "act3": {"act_bits": 32},
+            },
+        }
+    )
     model = attach(_mlp(), recipe)  # input_max given: no sample needed
     assert _kinds(model.fc1) == ["Mask", "FakeQuant"]
     fq1 = find(model.fc1, "weight", FakeQuant)
@@ -104,8 +113,7 @@ def test_attach_relu6_and_act_max() -> None:
 
 def test_attach_nested_relus() -> None:
     model = build_model("lenet5", input_shape=(1, 8, 8), num_classes=3)
-    attach(model, Recipe.parse({"quant": {"act_bits": 5, "input_bits": 32},
-                                "layers": {"features.2": {"act_bits": 7}}}))
+    attach(model, Recipe.parse({"quant": {"act_bits": 5, "input_bits": 32}, "layers": {"features.2": {"act_bits": 7}}}))
     assert model.features[2].act_bits == 7
     assert model.features[6].act_bits == 5
     assert model.act_fc1.act_bits == 5
@@ -149,8 +157,9 @@ def test_attach_input_needs_sample_or_max() -> None:
 
 
 def test_forward_after_attach_uses_quantized_weights() -> None:
-    model = attach(_mlp(), Recipe(quant={"weight_bits": 3, "act_bits": 4}, prune={"sparsity": 0.5}),
-                   sample=torch.randn(32, 16))
+    model = attach(
+        _mlp(), Recipe(quant={"weight_bits": 3, "act_bits": 4}, prune={"sparsity": 0.5}), sample=torch.randn(32, 16)
+    )
     prune_to(model, 0.5)
     for name in FCS:
         w = getattr(model, name).weight
@@ -159,8 +168,11 @@ def test_forward_after_attach_uses_quantized_weights() -> None:
 
 
 def _trained_compressed(seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
-    model = attach(_mlp(seed), Recipe(quant={"weight_bits": 5, "act_bits": 4, "per_channel": True},
-                                      prune={"sparsity": 0.6}), sample=torch.randn(32, 16))
+    model = attach(
+        _mlp(seed),
+        Recipe(quant={"weight_bits": 5, "act_bits": 4, "per_channel": True}, prune={"sparsity": 0.6}),
+        sample=torch.randn(32, 16),
+    )
     prune_to(model, 0.6)
     x = torch.randn(64, 16)
     model.train()
@@ -187,7 +199,8 @@ def test_bake_removes_parametrizations_and_keeps_outputs() -> None:
     assert isinstance(model.act1, QuantReLU)  # activation quantizers stay
     assert torch.allclose(model(x), expected, atol=0, rtol=0)
     sparsity = sum(int((getattr(model, n).weight == 0).sum()) for n in FCS) / sum(
-        getattr(model, n).weight.numel() for n in FCS)
+        getattr(model, n).weight.numel() for n in FCS
+    )
     assert sparsity >= 0.6
 
 
@@ -210,8 +223,9 @@ def test_bake_of_a_deep_copy_leaves_the_original_intact() -> None:
 
 
 def test_rewind_restores_init_weights_keeps_masks() -> None:
-    model = attach(_mlp(), Recipe(quant={"weight_bits": 6, "act_bits": 6}, prune={"sparsity": 0.5}),
-                   sample=torch.randn(32, 16))
+    model = attach(
+        _mlp(), Recipe(quant={"weight_bits": 6, "act_bits": 6}, prune={"sparsity": 0.5}), sample=torch.randn(32, 16)
+    )
     init = copy_state(model)
     x = torch.randn(64, 16)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -1,4 +1,5 @@
 """The runnable examples in public docstrings stay runnable and right."""
+
 from __future__ import annotations
 
 import doctest
@@ -7,12 +8,28 @@ import importlib
 import pytest
 
 MODULES = [
-    "qaprune.registry", "qaprune.recipe", "qaprune.quant.fake_quant", "qaprune.quant.activations",
-    "qaprune.prune.criteria", "qaprune.prune.structures", "qaprune.prune.schedules",
-    "qaprune.prune.pruner", "qaprune.metrics.bops", "qaprune.models", "qaprune.compress",
-    "qaprune.train", "qaprune.metrics", "qaprune.prune.optim", "qaprune.prune.stats",
-    "qaprune.prune.groups", "qaprune.export.shrink", "qaprune.metrics.latency", "qaprune.models.resnet",
-    "qaprune.prune.channels", "qaprune.export.fold", "qaprune.quant.mixed",
+    "qaprune.registry",
+    "qaprune.recipe",
+    "qaprune.quant.fake_quant",
+    "qaprune.quant.activations",
+    "qaprune.prune.criteria",
+    "qaprune.prune.structures",
+    "qaprune.prune.schedules",
+    "qaprune.prune.pruner",
+    "qaprune.metrics.bops",
+    "qaprune.models",
+    "qaprune.compress",
+    "qaprune.train",
+    "qaprune.metrics",
+    "qaprune.prune.optim",
+    "qaprune.prune.stats",
+    "qaprune.prune.groups",
+    "qaprune.export.shrink",
+    "qaprune.metrics.latency",
+    "qaprune.models.resnet",
+    "qaprune.prune.channels",
+    "qaprune.export.fold",
+    "qaprune.quant.mixed",
 ]
 
 

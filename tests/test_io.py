@@ -1,4 +1,5 @@
 """Tests of qaprune.io: safetensors round trips (never pickle), load_into errors, JSON helpers."""
+
 from __future__ import annotations
 
 import math
@@ -13,9 +14,13 @@ from qaprune.io import copy_state, load_into, load_tensors, read_json, save_tens
 
 
 def test_save_load_round_trip(tmp_path: Path) -> None:
-    tensors = {"a": torch.randn(3, 4), "b": torch.arange(5, dtype=torch.int32),
-               "c": torch.randn(6, 2).t(),  # non-contiguous
-               "d": torch.tensor([1.5], dtype=torch.float64), "e": torch.tensor([1, 0], dtype=torch.int8)}
+    tensors = {
+        "a": torch.randn(3, 4),
+        "b": torch.arange(5, dtype=torch.int32),
+        "c": torch.randn(6, 2).t(),  # non-contiguous
+        "d": torch.tensor([1.5], dtype=torch.float64),
+        "e": torch.tensor([1, 0], dtype=torch.int8),
+    }
     path = save_tensors(tmp_path / "t.safetensors", tensors, metadata={"k": "v"})
     assert path == tmp_path / "t.safetensors"
     assert not (tmp_path / "t.safetensors.tmp").exists()

@@ -1,5 +1,6 @@
 """Tests of qaprune.models: every registered model builds and gives (N, classes) logits; the
 mlp's batch-norm modes and widths; user factories "module:function"; clear errors."""
+
 from __future__ import annotations
 
 import textwrap
@@ -12,9 +13,13 @@ from torch import nn
 from qaprune.errors import RecipeError
 from qaprune.models import MODELS, build_model
 
-SHAPES = {"mlp": [(16,)], "lenet300": [(16,)], "lenet5": [(1, 28, 28), (1, 8, 8)],
-          "vgg_small": [(1, 28, 28), (1, 8, 8), (3, 8, 8)],
-          "resnet8": [(3, 32, 32), (1, 28, 28), (1, 8, 8)]}
+SHAPES = {
+    "mlp": [(16,)],
+    "lenet300": [(16,)],
+    "lenet5": [(1, 28, 28), (1, 8, 8)],
+    "vgg_small": [(1, 28, 28), (1, 8, 8), (3, 8, 8)],
+    "resnet8": [(3, 32, 32), (1, 28, 28), (1, 8, 8)],
+}
 CASES = [(name, shape) for name in MODELS.names() for shape in SHAPES.get(name, [])]
 
 
@@ -52,9 +57,10 @@ def test_mlp_custom_hidden_and_flattening() -> None:
     assert model(torch.randn(5, 2, 3)).shape == (5, 4)
 
 
-@pytest.mark.parametrize("mode,kind,affine", [("affine", nn.BatchNorm1d, True),
-                                              ("no_affine", nn.BatchNorm1d, False),
-                                              ("none", nn.Identity, None)])
+@pytest.mark.parametrize(
+    "mode,kind,affine",
+    [("affine", nn.BatchNorm1d, True), ("no_affine", nn.BatchNorm1d, False), ("none", nn.Identity, None)],
+)
 def test_mlp_batchnorm_modes(mode: str, kind: type, affine: bool | None) -> None:
     model = build_model("mlp", input_shape=(16,), num_classes=5, batchnorm=mode)
     for i in (1, 2, 3):
@@ -119,7 +125,11 @@ def _write_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, bo
 
 
 def test_user_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _write_module(tmp_path, monkeypatch, "qap_user_models", """
+    _write_module(
+        tmp_path,
+        monkeypatch,
+        "qap_user_models",
+        """
         import math
         from torch import nn
 
@@ -129,7 +139,8 @@ def test_user_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
         def not_a_module(*, input_shape, num_classes):
             return 42
-    """)
+    """,
+    )
     model = build_model("qap_user_models:tiny", input_shape=(2, 2), num_classes=3, width=5)
     assert model[1].in_features == 4 and model[1].out_features == 5
     assert model(torch.randn(6, 2, 2)).shape == (6, 3)

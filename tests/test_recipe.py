@@ -1,5 +1,6 @@
 """Tests of qaprune.recipe: lossless YAML/JSON round trips, ``--set`` overrides, exact error
 messages naming the field and the allowed values, per-layer merging, and the JSON schema."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,25 +10,59 @@ import yaml
 
 from qaprune.errors import RecipeError
 from qaprune.prune import CRITERIA, STRUCTURES
-from qaprune.recipe import (DataSpec, LayerOverride, ModelSpec, PruneSpec, QuantSpec, Recipe,
-                            SparseSpec, TrainSpec, apply_overrides, json_schema)
+from qaprune.recipe import (
+    DataSpec,
+    LayerOverride,
+    ModelSpec,
+    PruneSpec,
+    QuantSpec,
+    Recipe,
+    SparseSpec,
+    TrainSpec,
+    apply_overrides,
+    json_schema,
+)
 
 REPO_RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 
 
 def _rich() -> Recipe:
-    return Recipe.parse({
-        "name": "rt", "seed": 3, "device": "cpu",
-        "data": {"name": "letter", "train": 0.6, "val": 2000, "test": 0.2, "scale": "minmax"},
-        "model": {"name": "mlp", "args": {"hidden": [64, 32], "batchnorm": "no_affine", "dropout": 0.1}},
-        "quant": {"weight_bits": 6, "act_bits": 5, "input_bits": 8, "input_max": 1.5, "per_channel": True},
-        "prune": {"sparsity": 0.875, "criterion": "l2", "allocation": "uniform", "schedule": "cubic",
-                  "n_steps": 5, "start_epoch": 2, "of": "remaining", "rewind": "lt", "rate": 0.2},
-        "train": {"optimizer": "sgd", "lr": 0.0125, "epochs": 12, "patience": None, "l1": 1e-5,
-                  "lr_schedule": "cosine", "threads": 2},
-        "layers": {"fc*": {"weight_bits": 4}, "fc3": {"weight_bits": 8, "sparsity": 0.5},
-                   "act1": {"act_bits": 3}, "fc1": {"prune": False}},
-    })
+    return Recipe.parse(
+        {
+            "name": "rt",
+            "seed": 3,
+            "device": "cpu",
+            "data": {"name": "letter", "train": 0.6, "val": 2000, "test": 0.2, "scale": "minmax"},
+            "model": {"name": "mlp", "args": {"hidden": [64, 32], "batchnorm": "no_affine", "dropout": 0.1}},
+            "quant": {"weight_bits": 6, "act_bits": 5, "input_bits": 8, "input_max": 1.5, "per_channel": True},
+            "prune": {
+                "sparsity": 0.875,
+                "criterion": "l2",
+                "allocation": "uniform",
+                "schedule": "cubic",
+                "n_steps": 5,
+                "start_epoch": 2,
+                "of": "remaining",
+                "rewind": "lt",
+                "rate": 0.2,
+            },
+            "train": {
+                "optimizer": "sgd",
+                "lr": 0.0125,
+                "epochs": 12,
+                "patience": None,
+                "l1": 1e-5,
+                "lr_schedule": "cosine",
+                "threads": 2,
+            },
+            "layers": {
+                "fc*": {"weight_bits": 4},
+                "fc3": {"weight_bits": 8, "sparsity": 0.5},
+                "act1": {"act_bits": 3},
+                "fc1": {"prune": False},
+            },
+        }
+    )
 
 
 @pytest.mark.parametrize("recipe", [Recipe(), _rich()], ids=["default", "rich"])
@@ -68,11 +103,21 @@ def test_defaults() -> None:
 
 
 def test_overrides_of_every_type() -> None:
-    r = Recipe().override([
-        "train.epochs=7", "train.lr=0.05", "train.lr_schedule=step", "quant.per_channel=true",
-        "quant.weight_bits=4", "model.args.hidden=[8, 4]", "train.patience=null",
-        "layers.fc4.weight_bits=8", "layers.fc4.prune=false", "data.name=my data.npz", "name=",
-    ])
+    r = Recipe().override(
+        [
+            "train.epochs=7",
+            "train.lr=0.05",
+            "train.lr_schedule=step",
+            "quant.per_channel=true",
+            "quant.weight_bits=4",
+            "model.args.hidden=[8, 4]",
+            "train.patience=null",
+            "layers.fc4.weight_bits=8",
+            "layers.fc4.prune=false",
+            "data.name=my data.npz",
+            "name=",
+        ]
+    )
     assert r.train.epochs == 7 and isinstance(r.train.epochs, int)
     assert r.train.lr == 0.05
     assert r.train.lr_schedule == "step"
@@ -106,11 +151,14 @@ def test_load_with_overrides(tmp_path: Path) -> None:
     assert r.layers["fc3"].weight_bits == 8
 
 
-@pytest.mark.parametrize("item,msg", [
-    ("train.epochs", "--set 'train.epochs': expected key.path=value"),
-    ("=3", "--set '=3': expected key.path=value"),
-    ("train.epochs.x=3", "--set 'train.epochs.x=3': recipe.train.epochs is not a section"),
-])
+@pytest.mark.parametrize(
+    "item,msg",
+    [
+        ("train.epochs", "--set 'train.epochs': expected key.path=value"),
+        ("=3", "--set '=3': expected key.path=value"),
+        ("train.epochs.x=3", "--set 'train.epochs.x=3': recipe.train.epochs is not a section"),
+    ],
+)
 def test_bad_override_syntax(item: str, msg: str) -> None:
     with pytest.raises(RecipeError) as info:
         Recipe().override([item])
@@ -122,41 +170,67 @@ def test_override_layer_pattern_with_dot() -> None:
     assert r.layers["features.*"].weight_bits == 4
 
 
-@pytest.mark.parametrize("data,msg", [
-    ({"prune": {"sparsity": 1.3}}, "recipe.prune.sparsity: 1.3 is not in [0, 1)"),
-    ({"prune": {"sparsity": -0.1}}, "recipe.prune.sparsity: -0.1 is not in [0, 1)"),
-    ({"prune": {"sparsity": 1.0}}, "recipe.prune.sparsity: 1.0 is not in [0, 1)"),
-    ({"prune": {"rate": 0.0}}, "recipe.prune.rate: 0.0 is not in (0, 1)"),
-    ({"quant": {"weight_bits": 0}},
-     "recipe.quant.weight_bits: 0 bits is not supported; allowed: 1..16 or 32 (float)"),
-    ({"quant": {"act_bits": 17}}, "recipe.quant.act_bits: 17 bits is not supported; "
-                                  "allowed: 2..16 or 32 (float); 1 bit is for weights only"),
-    ({"quant": {"input_bits": 64}}, "recipe.quant.input_bits: 64 bits is not supported; "
-                                    "allowed: 2..16 or 32 (float); 1 bit is for weights only"),
-    ({"layers": {"fc1": {"weight_bits": 33}}},
-     "recipe.layers.fc1.weight_bits: 33 bits is not supported; allowed: 1..16 or 32 (float)"),
-    ({"layers": {"fc1": {"act_bits": 1}}}, "recipe.layers.fc1.act_bits: 1 bits is not supported; "
-                                           "allowed: 2..16 or 32 (float); 1 bit is for weights only"),
-    ({"layers": {"fc1": {"sparsity": 2}}}, "recipe.layers.fc1.sparsity: 2.0 is not in [0, 1)"),
-    ({"prune": {"criterion": "psychic"}},
-     f"recipe.prune.criterion: 'psychic' is unknown; known: {', '.join(CRITERIA.names())}"),
-    ({"prune": {"structure": "hexagons"}},
-     f"recipe.prune.structure: 'hexagons' is unknown; known: {', '.join(STRUCTURES.names())}"),
-    ({"prune": {"schedule": "cubic", "n_steps": 10, "start_epoch": 5, "sparsity": 0.5},
-      "train": {"epochs": 12}},
-     "recipe: prune.start_epoch + prune.n_steps = 15 exceeds train.epochs = 12; "
-     "the cubic schedule must end inside training"),
-    ({"train": {"optimizer": "hspg", "sparse": {"lam": -0.5}}}, "recipe.train.sparse.lam: -0.5 is not >= 0"),
-    ({"train": {"optimizer": "obproxsg", "sparse": {"n_p": 0, "n_o": 0}}},
-     "recipe.train.sparse: n_p + n_o = 0; at least one step per cycle is needed (n_o: null "
-     "switches to orthant steps for good after n_p)"),
-    ({"train": {"optimizer": "adam", "sparse": {"lam": 0.1}}},
-     "recipe.train.sparse: set, but train.optimizer is 'adam'; it is used by: hspg, obproxsg "
-     "(remove it, or --set train.sparse=null)"),
-    ({"train": {"optimizer": "hspg", "weight_decay": 0.01}},
-     "recipe.train.weight_decay: 0.01 is not supported by optimizer 'hspg'; allowed: 0 "
-     "(its penalty is train.sparse.lam)"),
-])
+@pytest.mark.parametrize(
+    "data,msg",
+    [
+        ({"prune": {"sparsity": 1.3}}, "recipe.prune.sparsity: 1.3 is not in [0, 1)"),
+        ({"prune": {"sparsity": -0.1}}, "recipe.prune.sparsity: -0.1 is not in [0, 1)"),
+        ({"prune": {"sparsity": 1.0}}, "recipe.prune.sparsity: 1.0 is not in [0, 1)"),
+        ({"prune": {"rate": 0.0}}, "recipe.prune.rate: 0.0 is not in (0, 1)"),
+        (
+            {"quant": {"weight_bits": 0}},
+            "recipe.quant.weight_bits: 0 bits is not supported; allowed: 1..16 or 32 (float)",
+        ),
+        (
+            {"quant": {"act_bits": 17}},
+            "recipe.quant.act_bits: 17 bits is not supported; allowed: 2..16 or 32 (float); 1 bit is for weights only",
+        ),
+        (
+            {"quant": {"input_bits": 64}},
+            "recipe.quant.input_bits: 64 bits is not supported; "
+            "allowed: 2..16 or 32 (float); 1 bit is for weights only",
+        ),
+        (
+            {"layers": {"fc1": {"weight_bits": 33}}},
+            "recipe.layers.fc1.weight_bits: 33 bits is not supported; allowed: 1..16 or 32 (float)",
+        ),
+        (
+            {"layers": {"fc1": {"act_bits": 1}}},
+            "recipe.layers.fc1.act_bits: 1 bits is not supported; "
+            "allowed: 2..16 or 32 (float); 1 bit is for weights only",
+        ),
+        ({"layers": {"fc1": {"sparsity": 2}}}, "recipe.layers.fc1.sparsity: 2.0 is not in [0, 1)"),
+        (
+            {"prune": {"criterion": "psychic"}},
+            f"recipe.prune.criterion: 'psychic' is unknown; known: {', '.join(CRITERIA.names())}",
+        ),
+        (
+            {"prune": {"structure": "hexagons"}},
+            f"recipe.prune.structure: 'hexagons' is unknown; known: {', '.join(STRUCTURES.names())}",
+        ),
+        (
+            {"prune": {"schedule": "cubic", "n_steps": 10, "start_epoch": 5, "sparsity": 0.5}, "train": {"epochs": 12}},
+            "recipe: prune.start_epoch + prune.n_steps = 15 exceeds train.epochs = 12; "
+            "the cubic schedule must end inside training",
+        ),
+        ({"train": {"optimizer": "hspg", "sparse": {"lam": -0.5}}}, "recipe.train.sparse.lam: -0.5 is not >= 0"),
+        (
+            {"train": {"optimizer": "obproxsg", "sparse": {"n_p": 0, "n_o": 0}}},
+            "recipe.train.sparse: n_p + n_o = 0; at least one step per cycle is needed (n_o: null "
+            "switches to orthant steps for good after n_p)",
+        ),
+        (
+            {"train": {"optimizer": "adam", "sparse": {"lam": 0.1}}},
+            "recipe.train.sparse: set, but train.optimizer is 'adam'; it is used by: hspg, obproxsg "
+            "(remove it, or --set train.sparse=null)",
+        ),
+        (
+            {"train": {"optimizer": "hspg", "weight_decay": 0.01}},
+            "recipe.train.weight_decay: 0.01 is not supported by optimizer 'hspg'; allowed: 0 "
+            "(its penalty is train.sparse.lam)",
+        ),
+    ],
+)
 def test_error_messages_exact(data: dict, msg: str) -> None:
     with pytest.raises(RecipeError) as info:
         Recipe.parse(data)
@@ -177,13 +251,19 @@ def test_sparse_optimizer_round_trips_and_defaults() -> None:
     assert Recipe.parse(yaml.safe_load(r.to_yaml())) == r
     plain = Recipe.parse({"train": {"optimizer": "hspg"}})
     assert plain.train.sparse is None and plain.train.sparse_options == SparseSpec()
-    assert (SparseSpec().lam, SparseSpec().n_p, SparseSpec().n_o, SparseSpec().epsilon,
-            SparseSpec().groups) == (1e-3, 100, None, 0.0, "rows")
+    assert (SparseSpec().lam, SparseSpec().n_p, SparseSpec().n_o, SparseSpec().epsilon, SparseSpec().groups) == (
+        1e-3,
+        100,
+        None,
+        0.0,
+        "rows",
+    )
 
 
 def test_cubic_inside_training_is_fine() -> None:
-    r = Recipe.parse({"prune": {"schedule": "cubic", "n_steps": 10, "start_epoch": 2, "sparsity": 0.5},
-                      "train": {"epochs": 12}})
+    r = Recipe.parse(
+        {"prune": {"schedule": "cubic", "n_steps": 10, "start_epoch": 2, "sparsity": 0.5}, "train": {"epochs": 12}}
+    )
     assert r.prune.n_steps == 10
 
 
@@ -191,21 +271,27 @@ def test_several_errors_one_line_each() -> None:
     with pytest.raises(RecipeError) as info:
         Recipe.parse({"prune": {"sparsity": 1.3}, "quant": {"weight_bits": 17}})
     lines = str(info.value).splitlines()
-    assert sorted(lines) == sorted(["recipe.prune.sparsity: 1.3 is not in [0, 1)",
-                                    "recipe.quant.weight_bits: 17 bits is not supported; "
-                                    "allowed: 1..16 or 32 (float)"])
+    assert sorted(lines) == sorted(
+        [
+            "recipe.prune.sparsity: 1.3 is not in [0, 1)",
+            "recipe.quant.weight_bits: 17 bits is not supported; allowed: 1..16 or 32 (float)",
+        ]
+    )
 
 
-@pytest.mark.parametrize("data,field,model", [
-    ({"epoch": 3}, "recipe.epoch", Recipe),
-    ({"prune": {"sparsty": 0.5}}, "recipe.prune.sparsty", PruneSpec),
-    ({"train": {"learning_rate": 0.1}}, "recipe.train.learning_rate", TrainSpec),
-    ({"quant": {"bits": 4}}, "recipe.quant.bits", QuantSpec),
-    ({"data": {"file": "x"}}, "recipe.data.file", DataSpec),
-    ({"model": {"arch": "x"}}, "recipe.model.arch", ModelSpec),
-    ({"layers": {"fc*": {"bits": 4}}}, "recipe.layers.fc*.bits", LayerOverride),
-    ({"train": {"optimizer": "hspg", "sparse": {"lamda": 1}}}, "recipe.train.sparse.lamda", SparseSpec),
-])
+@pytest.mark.parametrize(
+    "data,field,model",
+    [
+        ({"epoch": 3}, "recipe.epoch", Recipe),
+        ({"prune": {"sparsty": 0.5}}, "recipe.prune.sparsty", PruneSpec),
+        ({"train": {"learning_rate": 0.1}}, "recipe.train.learning_rate", TrainSpec),
+        ({"quant": {"bits": 4}}, "recipe.quant.bits", QuantSpec),
+        ({"data": {"file": "x"}}, "recipe.data.file", DataSpec),
+        ({"model": {"arch": "x"}}, "recipe.model.arch", ModelSpec),
+        ({"layers": {"fc*": {"bits": 4}}}, "recipe.layers.fc*.bits", LayerOverride),
+        ({"train": {"optimizer": "hspg", "sparse": {"lamda": 1}}}, "recipe.train.sparse.lamda", SparseSpec),
+    ],
+)
 def test_unknown_fields_list_allowed(data: dict, field: str, model: type) -> None:
     with pytest.raises(RecipeError) as info:
         Recipe.parse(data)
@@ -215,8 +301,9 @@ def test_unknown_fields_list_allowed(data: dict, field: str, model: type) -> Non
 def test_unknown_top_level_lists_sections() -> None:
     with pytest.raises(RecipeError) as info:
         Recipe.parse({"epoch": 3})
-    assert str(info.value) == ("recipe.epoch: unknown field; allowed: name, seed, device, data, "
-                               "model, quant, prune, train, layers, search")
+    assert str(info.value) == (
+        "recipe.epoch: unknown field; allowed: name, seed, device, data, model, quant, prune, train, layers, search"
+    )
 
 
 def test_not_a_mapping() -> None:
@@ -243,12 +330,16 @@ def test_assignment_is_validated() -> None:
 
 
 def test_layer_merges_patterns_later_wins() -> None:
-    r = Recipe.parse({"layers": {
-        "fc*": {"weight_bits": 4, "act_bits": 4},
-        "fc4": {"weight_bits": 8},
-        "fc?": {"per_channel": True},
-        "features.*": {"sparsity": 0.3},
-    }})
+    r = Recipe.parse(
+        {
+            "layers": {
+                "fc*": {"weight_bits": 4, "act_bits": 4},
+                "fc4": {"weight_bits": 8},
+                "fc?": {"per_channel": True},
+                "features.*": {"sparsity": 0.3},
+            }
+        }
+    )
     assert r.layer("fc4") == LayerOverride(weight_bits=8, act_bits=4, per_channel=True)
     assert r.layer("fc1") == LayerOverride(weight_bits=4, act_bits=4, per_channel=True)
     assert r.layer("fc10") == LayerOverride(weight_bits=4, act_bits=4)

@@ -1,5 +1,6 @@
 """Tests of qaprune.registry: register/get, duplicate names, unknown names listing the known
 ones, and the package's registries are all populated."""
+
 from __future__ import annotations
 
 import pytest
@@ -60,12 +61,15 @@ def test_unknown_name_in_empty_registry() -> None:
     assert str(info.value) == "unknown thing 'x'; known: (none)"
 
 
-@pytest.mark.parametrize("reg,kind,members", [
-    (CRITERIA, "criterion", {"magnitude", "l2", "random"}),
-    (STRUCTURES, "structure", {"unstructured"}),
-    (SCHEDULES, "schedule", {"iterative", "cubic", "oneshot"}),
-    (MODELS, "model", {"mlp", "lenet300", "lenet5", "vgg_small"}),
-])
+@pytest.mark.parametrize(
+    "reg,kind,members",
+    [
+        (CRITERIA, "criterion", {"magnitude", "l2", "random"}),
+        (STRUCTURES, "structure", {"unstructured"}),
+        (SCHEDULES, "schedule", {"iterative", "cubic", "oneshot"}),
+        (MODELS, "model", {"mlp", "lenet300", "lenet5", "vgg_small"}),
+    ],
+)
 def test_package_registries(reg: Registry, kind: str, members: set[str]) -> None:
     assert reg.kind == kind
     assert members <= set(reg.names())

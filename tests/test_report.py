@@ -1,4 +1,5 @@
 """Tests of qaprune.report: single-run and comparison reports, escaping, the Pareto front."""
+
 from __future__ import annotations
 
 import base64
@@ -10,35 +11,76 @@ from pathlib import Path
 import pytest
 
 from qaprune.errors import QapruneError
-from qaprune.report import (load_results, pareto_front, write_comparison_report,
-                            write_report)
+from qaprune.report import load_results, pareto_front, write_comparison_report, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _results(name: str = "letter_qap") -> dict:
-    metrics = {"accuracy": 0.9512, "auc": 0.9987, "bops": 90000.0, "bops_fp32_dense": 4652832.0,
-               "bops_reduction": 51.7, "params": 3616, "nonzero_params": 400, "sparsity": 0.89,
-               "macs": 3616, "flops": 7232, "weight_bits": 2400, "size_bytes": 5120,
-               "neural_efficiency": 0.3, "aiq": 0.4}
-    history = [{"step": i, "target_sparsity": s, "epochs": 12, "accuracy": a, "bops": b,
-                "sparsity": s} for i, (s, a, b) in
-               enumerate([(0.0, 0.96, 300000.0), (0.5, 0.955, 160000.0), (0.89, 0.9512, 90000.0)])]
-    layers = [{"name": "net.fc1", "kind": "linear", "m": 64, "n": 16, "positions": 1,
-               "params": 1024, "nonzero": 100, "sparsity": 0.9023, "weight_bits": 6,
-               "act_bits": 6, "macs": 1024, "bops": 20000.0},
-              {"name": "net.<script>alert(1)</script>", "kind": "linear", "m": 5, "n": 32,
-               "positions": 1, "params": 160, "nonzero": 40, "sparsity": 0.75,
-               "weight_bits": 6, "act_bits": 6, "macs": 160, "bops": 70000.0}]
-    return {"name": name, "qaprune_version": "0.1.0", "metrics": metrics, "layers": layers,
-            "history": history,
-            "timing": {"seconds_per_epoch": 0.05, "total_seconds": 12.3, "epochs": 240},
-            "data": {"name": "letter", "train": 14000, "val": 2000, "test": 4000,
-                     "num_classes": 26},
-            "recipe": {"model": {"name": "mlp", "hidden": [64, 32, 32]},
-                       "prune": {"sparsity": 0.89, "note": "<b>bold</b>"}},
-            "environment": {"torch": "2.13.0", "python": "3.11.7", "platform": "linux",
-                            "threads": 2}}
+    metrics = {
+        "accuracy": 0.9512,
+        "auc": 0.9987,
+        "bops": 90000.0,
+        "bops_fp32_dense": 4652832.0,
+        "bops_reduction": 51.7,
+        "params": 3616,
+        "nonzero_params": 400,
+        "sparsity": 0.89,
+        "macs": 3616,
+        "flops": 7232,
+        "weight_bits": 2400,
+        "size_bytes": 5120,
+        "neural_efficiency": 0.3,
+        "aiq": 0.4,
+    }
+    history = [
+        {"step": i, "target_sparsity": s, "epochs": 12, "accuracy": a, "bops": b, "sparsity": s}
+        for i, (s, a, b) in enumerate([(0.0, 0.96, 300000.0), (0.5, 0.955, 160000.0), (0.89, 0.9512, 90000.0)])
+    ]
+    layers = [
+        {
+            "name": "net.fc1",
+            "kind": "linear",
+            "m": 64,
+            "n": 16,
+            "positions": 1,
+            "params": 1024,
+            "nonzero": 100,
+            "sparsity": 0.9023,
+            "weight_bits": 6,
+            "act_bits": 6,
+            "macs": 1024,
+            "bops": 20000.0,
+        },
+        {
+            "name": "net.<script>alert(1)</script>",
+            "kind": "linear",
+            "m": 5,
+            "n": 32,
+            "positions": 1,
+            "params": 160,
+            "nonzero": 40,
+            "sparsity": 0.75,
+            "weight_bits": 6,
+            "act_bits": 6,
+            "macs": 160,
+            "bops": 70000.0,
+        },
+    ]
+    return {
+        "name": name,
+        "qaprune_version": "0.1.0",
+        "metrics": metrics,
+        "layers": layers,
+        "history": history,
+        "timing": {"seconds_per_epoch": 0.05, "total_seconds": 12.3, "epochs": 240},
+        "data": {"name": "letter", "train": 14000, "val": 2000, "test": 4000, "num_classes": 26},
+        "recipe": {
+            "model": {"name": "mlp", "hidden": [64, 32, 32]},
+            "prune": {"sparsity": 0.89, "note": "<b>bold</b>"},
+        },
+        "environment": {"torch": "2.13.0", "python": "3.11.7", "platform": "linux", "threads": 2},
+    }
 
 
 def _write(run_dir: Path, results: dict) -> Path:
@@ -61,9 +103,23 @@ def test_write_report_files_and_content(tmp_path: Path) -> None:
     assert png.read_bytes().startswith(PNG_MAGIC)
     page = out.read_text(encoding="utf-8")
     assert _embedded_png(page) == png.read_bytes()
-    for text in ["letter_qap", "0.9512", "0.9987", "90,000", "4,652,832", "51.7", "3,616",
-                 "5,120", "net.fc1", "0.9023", "20,000", "seconds_per_epoch", "14,000",
-                 "3.11.7", "hidden:"]:
+    for text in [
+        "letter_qap",
+        "0.9512",
+        "0.9987",
+        "90,000",
+        "4,652,832",
+        "51.7",
+        "3,616",
+        "5,120",
+        "net.fc1",
+        "0.9023",
+        "20,000",
+        "seconds_per_epoch",
+        "14,000",
+        "3.11.7",
+        "hidden:",
+    ]:
         assert text in page, text
     assert 'title="90000.0"' in page  # exact values stay available
     assert page.count("<tr><td") == 3 + 2  # history rows + layer rows
@@ -83,8 +139,9 @@ def test_write_report_bops_share_of_layers(tmp_path: Path) -> None:
     assert "bops_share" in page and "0.2222" in page and "0.7778" in page  # 20k / 90k, 70k / 90k
 
 
-@pytest.mark.parametrize("drop", ["metrics", "layers", "history", "timing", "data", "recipe",
-                                  "environment", "name", "qaprune_version"])
+@pytest.mark.parametrize(
+    "drop", ["metrics", "layers", "history", "timing", "data", "recipe", "environment", "name", "qaprune_version"]
+)
 def test_write_report_missing_keys(tmp_path: Path, drop: str) -> None:
     results = _results()
     del results[drop]
@@ -96,9 +153,13 @@ def test_write_report_missing_keys(tmp_path: Path, drop: str) -> None:
 def test_write_report_minimal_and_odd_values(tmp_path: Path) -> None:
     run = _write(tmp_path / "empty", {})
     assert write_report(run).is_file()
-    odd = {"metrics": {"accuracy": None, "bops": "n/a", "sparsity": float("nan")},
-           "history": [{"step": 0, "accuracy": 0.5, "bops": 0.0}, "junk", {"accuracy": 0.6}],
-           "layers": None, "timing": [], "recipe": None}
+    odd = {
+        "metrics": {"accuracy": None, "bops": "n/a", "sparsity": float("nan")},
+        "history": [{"step": 0, "accuracy": 0.5, "bops": 0.0}, "junk", {"accuracy": 0.6}],
+        "layers": None,
+        "timing": [],
+        "recipe": None,
+    }
     page = write_report(_write(tmp_path / "odd", odd)).read_text(encoding="utf-8")
     assert "nan" in page and "n/a" in page
 
@@ -132,19 +193,33 @@ def _variant(accuracy: float, bops: float, name: str) -> dict:
 
 
 def test_write_comparison_report(tmp_path: Path) -> None:
-    runs = {"fp32": _variant(0.97, 4652832.0, "fp32"), "qat-6b": _variant(0.96, 300000.0, "q"),
-            "qap-<6b>": _variant(0.955, 90000.0, "qap")}
+    runs = {
+        "fp32": _variant(0.97, 4652832.0, "fp32"),
+        "qat-6b": _variant(0.96, 300000.0, "q"),
+        "qap-<6b>": _variant(0.955, 90000.0, "qap"),
+    }
     headline = {"variant": "qap-<6b>", "bops_reduction": 55.2, "accuracy_drop_points": 0.3}
-    out = write_comparison_report(tmp_path / "cmp", runs, title="letter <QAP>",
-                                  headline=headline)
+    out = write_comparison_report(tmp_path / "cmp", runs, title="letter <QAP>", headline=headline)
     assert out == tmp_path / "cmp" / "report.html"
     png = (tmp_path / "cmp" / "pareto.png").read_bytes()
     assert png.startswith(PNG_MAGIC)
     page = out.read_text(encoding="utf-8")
     assert _embedded_png(page) == png
-    for text in ["letter &lt;QAP&gt;", "qap-&lt;6b&gt;", "55.2", "accuracy_drop_points", "0.3",
-                 "qat-6b", "fp32", "0.955", "4,652,832", "size_bytes", "neural_efficiency",
-                 "bops_reduction", "Headline"]:
+    for text in [
+        "letter &lt;QAP&gt;",
+        "qap-&lt;6b&gt;",
+        "55.2",
+        "accuracy_drop_points",
+        "0.3",
+        "qat-6b",
+        "fp32",
+        "0.955",
+        "4,652,832",
+        "size_bytes",
+        "neural_efficiency",
+        "bops_reduction",
+        "Headline",
+    ]:
         assert text in page, text
     assert "<QAP>" not in page and "<6b>" not in page
     assert page.count(">yes<") == 3  # each final point trades accuracy for BOPs

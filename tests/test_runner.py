@@ -1,4 +1,5 @@
 """End-to-end runs on digits: the run-directory contract, resume, NaN stop, measure."""
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,8 @@ from qaprune.io import load_tensors
 from qaprune.recipe import Recipe
 
 QAP = {
-    "name": "t", "data": {"name": "digits", "val": 0.15, "test": 0.2},
+    "name": "t",
+    "data": {"name": "digits", "val": 0.15, "test": 0.2},
     "model": {"name": "mlp", "args": {"hidden": [32, 16]}},
     "quant": {"weight_bits": 6, "act_bits": 6},
     "prune": {"sparsity": 0.6, "rate": 0.3},
@@ -28,15 +30,24 @@ def test_run_writes_the_contract(tmp_path):
         assert (d / f).is_file(), f
     results = json.loads((d / "results.json").read_text())
     m = results["metrics"]
-    for key in ("accuracy", "bops", "bops_fp32_dense", "params", "nonzero_params", "sparsity", "macs",
-                "size_bytes", "neural_efficiency"):
+    for key in (
+        "accuracy",
+        "bops",
+        "bops_fp32_dense",
+        "params",
+        "nonzero_params",
+        "sparsity",
+        "macs",
+        "size_bytes",
+        "neural_efficiency",
+    ):
         assert key in m, key
     assert 0.0 <= m["accuracy"] <= 1.0
     assert [h["step"] for h in results["history"]] == [0, 1, 2]
     assert [h["target_sparsity"] for h in results["history"]] == pytest.approx([0.0, 0.3, 0.6])
     assert m["sparsity"] >= 0.6 - 1e-6 and m["bops"] < m["bops_fp32_dense"]
     assert m["size_bytes"] == (d / "model.qap").stat().st_size
-    assert m["compression"] > 3   # 6-bit weights, 60% sparse, a tiny model: the header weighs
+    assert m["compression"] > 3  # 6-bit weights, 60% sparse, a tiny model: the header weighs
     assert results["timing"]["seconds_per_epoch"] > 0
     assert Recipe.load(d / "recipe.yaml").to_dict() == res.results["recipe"]
 
@@ -79,8 +90,7 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path, monkeypatch):
 def test_resume_refuses_a_different_recipe(tmp_path):
     runner.run({**QAP, "prune": {"sparsity": 0.0}}, out=tmp_path / "r", log=lambda *_: None)
     with pytest.raises(RecipeError, match="recipe differs"):
-        runner.run({**QAP, "prune": {"sparsity": 0.0}, "seed": 3}, out=tmp_path / "r", resume=True,
-                   log=lambda *_: None)
+        runner.run({**QAP, "prune": {"sparsity": 0.0}, "seed": 3}, out=tmp_path / "r", resume=True, log=lambda *_: None)
 
 
 def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
@@ -136,13 +146,16 @@ def test_lottery_ticket_rewinds_to_initial_weights(tmp_path, monkeypatch):
     init = load_tensors(tmp_path / "r" / "checkpoints" / "init.safetensors")
     key = "fc1.parametrizations.weight.original"
     mask = seen[1]["fc1.parametrizations.weight.0.mask"]
-    assert torch.equal(seen[1][key], init[key])          # rewound before retraining
-    assert (mask == 0).float().mean() > 0.2              # while the mask is kept
+    assert torch.equal(seen[1][key], init[key])  # rewound before retraining
+    assert (mask == 0).float().mean() > 0.2  # while the mask is kept
 
 
 def test_cubic_schedule_reaches_final_sparsity(tmp_path):
-    recipe = {**QAP, "prune": {"sparsity": 0.5, "schedule": "cubic", "n_steps": 3, "start_epoch": 1},
-              "train": {**QAP["train"], "epochs": 5}}
+    recipe = {
+        **QAP,
+        "prune": {"sparsity": 0.5, "schedule": "cubic", "n_steps": 3, "start_epoch": 1},
+        "train": {**QAP["train"], "epochs": 5},
+    }
     res = runner.run(recipe, out=tmp_path / "r", log=lambda *_: None)
     assert res.metrics["sparsity"] >= 0.5 - 1e-6
 
@@ -162,20 +175,23 @@ def test_data_criteria_run_end_to_end(tmp_path, criterion):
     assert res.results["recipe"]["prune"]["criterion"] == criterion
 
 
-CLUSTERED = {**QAP, "prune": {"sparsity": 0.5, "rate": 0.5},
-             "quant": {"weight_bits": 8, "act_bits": 8, "clusters": 8, "cluster_epochs": 2, "cluster_reg": 1.0},
-             "layers": {"fc1": {"clusters": 4}}}
+CLUSTERED = {
+    **QAP,
+    "prune": {"sparsity": 0.5, "rate": 0.5},
+    "quant": {"weight_bits": 8, "act_bits": 8, "clusters": 8, "cluster_epochs": 2, "cluster_reg": 1.0},
+    "layers": {"fc1": {"clusters": 4}},
+}
 
 
 def test_weight_sharing_round_after_pruning(tmp_path):
     res = runner.run(CLUSTERED, out=tmp_path / "c", log=lambda *_: None)
     phases = [h["phase"] for h in res.results["history"]]
     assert phases == ["train", "prune", "cluster"]
-    _, _, model = runner.load_run(tmp_path / "c")           # clusters rebuilt from the weights file
+    _, _, model = runner.load_run(tmp_path / "c")  # clusters rebuilt from the weights file
     for name, k in (("fc1", 4), ("fc2", 8), ("fc3", 8)):
         w = model.get_submodule(name).weight
         assert len(torch.unique(w[w != 0])) <= k, name
-    assert res.metrics["sparsity"] >= 0.5 - 1e-6                  # pruned weights stayed zero
+    assert res.metrics["sparsity"] >= 0.5 - 1e-6  # pruned weights stayed zero
     before = res.results["history"][1]["accuracy"]
     assert res.metrics["accuracy"] > before - 0.1, (before, res.metrics["accuracy"])
     assert res.metrics["size_bytes"] == (tmp_path / "c" / "model.qap").stat().st_size

@@ -1,5 +1,6 @@
 """Condensa-style schemes (apply → restore bit for bit, idempotent apply, composition order,
 layer selection, errors) and the L-C optimizer on digits."""
+
 from __future__ import annotations
 
 import doctest
@@ -18,8 +19,9 @@ from qaprune.schemes import Cluster, Compose, Prune, Quantize, Scheme, Unify
 
 def _net(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 16), nn.ReLU(),
-                         nn.Linear(16, 4))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 16), nn.ReLU(), nn.Linear(16, 4)
+    )
 
 
 def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -76,7 +78,7 @@ def test_prune_then_quantize_keeps_zeros_and_at_most_15_levels() -> None:
     both = Compose([Prune(0.8), Quantize(4)]).project(_weights(model))
     for n in both:
         assert bool((both[n][pruned[n] == 0] == 0).all())
-        assert len(both[n].unique()) <= 2 ** 4 - 1
+        assert len(both[n].unique()) <= 2**4 - 1
     zeros = sum(int((t == 0).sum()) for t in both.values())
     assert zeros >= round(0.8 * sum(t.numel() for t in both.values()))
     # the other order quantizes first: the sparsity is then exactly Prune's
@@ -115,12 +117,20 @@ def test_layers_select_what_is_compressed() -> None:
         Prune(0.5, layers=["fc9"]).pi(model)
 
 
-@pytest.mark.parametrize("make,match", [
-    (lambda: Prune(), "exactly one of sparsity or density"), (lambda: Prune(0.5, density=0.5), "exactly one"),
-    (lambda: Prune(1.0), r"sparsity: 1.0 is not in \[0, 1\)"), (lambda: Quantize(40), "Quantize"),
-    (lambda: Cluster(0), "Cluster.k"), (lambda: Unify((1, 4), 1.5), "ratio"),
-    (lambda: Unify((-1, 4)), "block"), (lambda: Unify(4), "block"), (lambda: Compose([]), "non-empty"),
-])
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: Prune(), "exactly one of sparsity or density"),
+        (lambda: Prune(0.5, density=0.5), "exactly one"),
+        (lambda: Prune(1.0), r"sparsity: 1.0 is not in \[0, 1\)"),
+        (lambda: Quantize(40), "Quantize"),
+        (lambda: Cluster(0), "Cluster.k"),
+        (lambda: Unify((1, 4), 1.5), "ratio"),
+        (lambda: Unify((-1, 4)), "block"),
+        (lambda: Unify(4), "block"),
+        (lambda: Compose([]), "non-empty"),
+    ],
+)
 def test_bad_options_are_recipe_errors(make, match) -> None:
     with pytest.raises(RecipeError, match=match):
         make()

@@ -2,6 +2,7 @@
 HSPG zeroes whole rows, the runner freezes them as masks (before the quantizers) so they stay
 zero in later rounds, and results report the sparsity; biases and 1-D tensors are not
 regularized; bad ``train.sparse`` fields get the field-naming error."""
+
 from __future__ import annotations
 
 import json
@@ -23,19 +24,28 @@ LAYERS = ("fc1", "fc2", "fc3")
 def _recipe(**train) -> dict:
     """A tiny 6-bit MLP on digits; HSPG with a large λ, then one oneshot pruning round."""
     return {
-        "name": "hspg", "data": {"name": "digits"},
+        "name": "hspg",
+        "data": {"name": "digits"},
         "model": {"name": "mlp", "args": {"hidden": [32, 16], "batchnorm": "none"}},
         "quant": {"weight_bits": 6},
         "prune": {"sparsity": 0.8, "schedule": "oneshot"},
-        "train": {"optimizer": "hspg", "lr": 0.05, "epochs": 4, "batch_size": 64, "patience": None,
-                  "sparse": {"lam": 0.2, "n_p": 20}, **train},
+        "train": {
+            "optimizer": "hspg",
+            "lr": 0.05,
+            "epochs": 4,
+            "batch_size": 64,
+            "patience": None,
+            "sparse": {"lam": 0.2, "n_p": 20},
+            **train,
+        },
     }
 
 
 def _weights(state: dict[str, torch.Tensor], layers: tuple[str, ...] = LAYERS) -> dict[str, torch.Tensor]:
     """Effective float weight (latent · mask) of each layer of a checkpoint."""
-    return {n: state[f"{n}.parametrizations.weight.original"] * state[f"{n}.parametrizations.weight.0.mask"]
-            for n in layers}
+    return {
+        n: state[f"{n}.parametrizations.weight.original"] * state[f"{n}.parametrizations.weight.0.mask"] for n in layers
+    }
 
 
 def test_hspg_zeroes_whole_rows_and_masks_keep_them(tmp_path) -> None:
@@ -101,13 +111,16 @@ def test_make_optimizer_leaves_1d_tensors_unregularized(name: str, cls: type) ->
         assert reg["momentum"] == 0.5 and reg["groups"] == "rows"
 
 
-@pytest.mark.parametrize("sparse,msg", [
-    ({"lam": -1}, "recipe.train.sparse.lam: -1.0 is not >= 0"),
-    ({"n_p": -3}, "recipe.train.sparse.n_p: -3 is not >= 0"),
-    ({"n_o": -1}, "recipe.train.sparse.n_o: -1 is not >= 0"),
-    ({"epsilon": 1.5}, "recipe.train.sparse.epsilon: 1.5 is not in [0, 1)"),
-    ({"lamda": 1}, "recipe.train.sparse.lamda: unknown field; allowed: lam, n_p, n_o, epsilon, groups"),
-])
+@pytest.mark.parametrize(
+    "sparse,msg",
+    [
+        ({"lam": -1}, "recipe.train.sparse.lam: -1.0 is not >= 0"),
+        ({"n_p": -3}, "recipe.train.sparse.n_p: -3 is not >= 0"),
+        ({"n_o": -1}, "recipe.train.sparse.n_o: -1 is not >= 0"),
+        ({"epsilon": 1.5}, "recipe.train.sparse.epsilon: 1.5 is not in [0, 1)"),
+        ({"lamda": 1}, "recipe.train.sparse.lamda: unknown field; allowed: lam, n_p, n_o, epsilon, groups"),
+    ],
+)
 def test_bad_sparse_fields_name_the_field(sparse: dict, msg: str) -> None:
     with pytest.raises(RecipeError) as info:
         Recipe.parse({"train": {"optimizer": "hspg", "sparse": sparse}})

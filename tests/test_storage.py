@@ -1,6 +1,7 @@
 """Tests of qaprune.storage: bit packing, canonical Huffman, delta-index sparse positions,
 per-row scaled integers, tensor codecs and the ``.qap`` artifact (bit-exact round trips of
 compressed models, the size it reaches, and refusal of corrupt or foreign files)."""
+
 from __future__ import annotations
 
 import copy
@@ -25,17 +26,33 @@ from qaprune.metrics.size import fp32_bytes, size_bytes
 from qaprune.models import build_model
 from qaprune.prune import prune_to
 from qaprune.recipe import Recipe
-from qaprune.storage import (best_width, bits_for, code_lengths, compression_ratio, decode_positions,
-                             encode_positions, huffman_decode, huffman_encode, load_qap, load_qap_into,
-                             pack_bits, qap_bytes, qap_report, save_qap, unpack_bits)
+from qaprune.storage import (
+    best_width,
+    bits_for,
+    code_lengths,
+    compression_ratio,
+    decode_positions,
+    encode_positions,
+    huffman_decode,
+    huffman_encode,
+    load_qap,
+    load_qap_into,
+    pack_bits,
+    qap_bytes,
+    qap_report,
+    save_qap,
+    unpack_bits,
+)
 from qaprune.storage.codec import Reader, decode_tensor, encode_tensor
 from qaprune.storage.huffman import canonical_codes
 from qaprune.storage.scaled import join, split
 from qaprune.storage.sparse import entry_count
 
 FAST = settings(max_examples=60, deadline=None)
-MODULES = [*(f"qaprune.storage.{m}" for m in ("bitpack", "huffman", "sparse", "scaled", "values", "codec", "qap")),
-           "qaprune.metrics.size"]
+MODULES = [
+    *(f"qaprune.storage.{m}" for m in ("bitpack", "huffman", "sparse", "scaled", "values", "codec", "qap")),
+    "qaprune.metrics.size",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -46,6 +63,7 @@ def test_docstring_examples(name: str) -> None:
 
 
 # ----------------------------------------------------------------------------- bit packing
+
 
 @FAST
 @given(bits=st.integers(1, 16), data=st.data())
@@ -75,6 +93,7 @@ def test_pack_bits_refuses_out_of_range_and_short_data() -> None:
 
 # ----------------------------------------------------------------------------- Huffman
 
+
 def _check_huffman(symbols: np.ndarray, alphabet: int | None = None, *, sync: int = 512) -> None:
     code = huffman_encode(symbols, alphabet=alphabet, sync=sync)
     assert np.array_equal(huffman_decode(code), symbols)
@@ -82,7 +101,7 @@ def _check_huffman(symbols: np.ndarray, alphabet: int | None = None, *, sync: in
     present = int((counts > 0).sum())
     assert code.total_bits == int(counts @ code.lengths)
     if present >= 2:  # a complete prefix code, no worse than fixed-length, no better than entropy
-        assert sum(2.0 ** -l for l in code.lengths if l) == pytest.approx(1.0)
+        assert sum(2.0**-n for n in code.lengths if n) == pytest.approx(1.0)
         p = counts[counts > 0] / symbols.size
         assert code.total_bits >= symbols.size * float(-(p * np.log2(p)).sum()) - 1e-6
         assert code.total_bits <= symbols.size * bits_for(present)
@@ -115,10 +134,10 @@ def test_huffman_lengths_are_limited_and_codes_prefix_free() -> None:
     while len(fib) < 40:
         fib.append(fib[-1] + fib[-2])  # the counts that make the deepest Huffman tree
     lengths = code_lengths(np.array(fib), max_len=12)
-    assert lengths.max() == 12 and sum(2.0 ** -l for l in lengths) == pytest.approx(1.0)
+    assert lengths.max() == 12 and sum(2.0**-n for n in lengths) == pytest.approx(1.0)
     assert code_lengths(np.array(fib)).max() == 20  # the default limit
     codes = canonical_codes(lengths)
-    words = {format(int(c), f"0{int(l)}b") for c, l in zip(codes, lengths)}
+    words = {format(int(c), f"0{int(n)}b") for c, n in zip(codes, lengths)}
     assert len(words) == len(fib)
     assert not any(a != b and b.startswith(a) for a in words for b in words)
     symbols = np.repeat(np.arange(40), np.minimum(fib, 50))
@@ -137,6 +156,7 @@ def test_huffman_decodes_a_million_symbols_fast() -> None:
 
 
 # ----------------------------------------------------------------------------- sparse positions
+
 
 def _positions(mask: list[bool]) -> np.ndarray:
     return np.flatnonzero(np.array(mask, dtype=bool))
@@ -180,6 +200,7 @@ def test_empty_and_full_masks() -> None:
 
 # ----------------------------------------------------------------------------- tensors
 
+
 def _round_trip(t: torch.Tensor) -> tuple[list, torch.Tensor]:
     desc, parts = encode_tensor(t)
     reader = Reader(b"".join(parts))
@@ -196,8 +217,11 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 @FAST
-@given(st.lists(st.floats(width=32, allow_nan=True), min_size=1, max_size=8),
-       st.lists(st.integers(0, 7), max_size=400), st.integers(1, 4))
+@given(
+    st.lists(st.floats(width=32, allow_nan=True), min_size=1, max_size=8),
+    st.lists(st.integers(0, 7), max_size=400),
+    st.integers(1, 4),
+)
 def test_tensor_round_trip_is_bit_exact(levels: list[float], picks: list[int], rows: int) -> None:
     values = [levels[i % len(levels)] for i in picks] * rows
     t = torch.tensor(values, dtype=torch.float32).reshape(rows, -1) if values else torch.zeros(rows, 0)
@@ -206,13 +230,24 @@ def test_tensor_round_trip_is_bit_exact(levels: list[float], picks: list[int], r
     assert _same_bits(out, t)
 
 
-@pytest.mark.parametrize("t", [
-    torch.tensor([float("nan"), float("inf"), -float("inf"), 1e-45, 0.0] * 20),
-    torch.randn(3, 4, 5).half(), torch.randn(7, 9).bfloat16(), torch.randn(100, dtype=torch.float64),
-    torch.tensor([2**62, -(2**62), 0, 1] * 10), torch.randint(-128, 127, (50,), dtype=torch.int8),
-    torch.randint(0, 2, (64,)).bool(), torch.tensor(3, dtype=torch.int64), torch.zeros(0, 5),
-    torch.zeros(4, 4), torch.ones(1000), torch.arange(300, dtype=torch.int16).reshape(3, 100),
-], ids=lambda t: f"{t.dtype}-{list(t.shape)}")
+@pytest.mark.parametrize(
+    "t",
+    [
+        torch.tensor([float("nan"), float("inf"), -float("inf"), 1e-45, 0.0] * 20),
+        torch.randn(3, 4, 5).half(),
+        torch.randn(7, 9).bfloat16(),
+        torch.randn(100, dtype=torch.float64),
+        torch.tensor([2**62, -(2**62), 0, 1] * 10),
+        torch.randint(-128, 127, (50,), dtype=torch.int8),
+        torch.randint(0, 2, (64,)).bool(),
+        torch.tensor(3, dtype=torch.int64),
+        torch.zeros(0, 5),
+        torch.zeros(4, 4),
+        torch.ones(1000),
+        torch.arange(300, dtype=torch.int16).reshape(3, 100),
+    ],
+    ids=lambda t: f"{t.dtype}-{list(t.shape)}",
+)
 def test_tensor_round_trip_dtypes_and_special_values(t: torch.Tensor) -> None:
     _, out = _round_trip(t)
     assert _same_bits(out, t)
@@ -253,14 +288,17 @@ def test_per_channel_grid_is_found_and_exact() -> None:
 
 # ----------------------------------------------------------------------------- models
 
-def _model(bits: int, *, name: str = "mlp", sparsity: float = 0.7, per_channel: bool = False,
-           seed: int = 0) -> torch.nn.Module:
+
+def _model(
+    bits: int, *, name: str = "mlp", sparsity: float = 0.7, per_channel: bool = False, seed: int = 0
+) -> torch.nn.Module:
     torch.manual_seed(seed)
     shape = (16,) if name == "mlp" else (1, 28, 28)
     model = build_model(name, input_shape=shape, num_classes=5 if name == "mlp" else 10)
     act = 8 if bits < 32 else 32
-    recipe = Recipe(quant={"weight_bits": bits, "act_bits": act, "per_channel": per_channel},
-                    prune={"sparsity": sparsity})
+    recipe = Recipe(
+        quant={"weight_bits": bits, "act_bits": act, "per_channel": per_channel}, prune={"sparsity": sparsity}
+    )
     sample = torch.randn(64, *shape)
     attach(model, recipe, sample=sample)
     if sparsity:
@@ -344,6 +382,7 @@ def test_same_model_same_bytes_and_meta_must_be_json(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------- refusals
 
+
 @pytest.fixture()
 def artifact(tmp_path: Path) -> Path:
     path = tmp_path / "m.qap"
@@ -353,7 +392,7 @@ def artifact(tmp_path: Path) -> Path:
 
 def _rewrite(path: Path, **changes: str) -> None:
     data = path.read_bytes()
-    header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
     path.write_bytes(save(load(data), metadata={**header["__metadata__"], **changes}))
 
 
@@ -385,8 +424,12 @@ def test_any_flipped_byte_refused(artifact: Path) -> None:
 
 def test_header_edits_refused(artifact: Path) -> None:
     data = artifact.read_bytes()
-    _rewrite(artifact, tensors=json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
-             ["__metadata__"]["tensors"].replace("[64,16]", "[16,64]"))
+    _rewrite(
+        artifact,
+        tensors=json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])["__metadata__"]["tensors"].replace(
+            "[64,16]", "[16,64]"
+        ),
+    )
     with pytest.raises(CheckpointError, match="checksum mismatch"):
         load_qap(artifact)
     with pytest.raises(CheckpointError, match="checksum mismatch"):
@@ -397,7 +440,7 @@ def test_inconsistent_layout_refused_even_with_a_valid_checksum(artifact: Path) 
     import qaprune.storage.qap as qap
 
     data = artifact.read_bytes()
-    info = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])["__metadata__"]
+    info = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])["__metadata__"]
     tensors = json.loads(info["tensors"])
     tensors["fc1.bias"] = ["F32", [6400], "raw"]  # more bytes than the payload has
     text = json.dumps(tensors, separators=(",", ":"))

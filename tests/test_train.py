@@ -1,5 +1,6 @@
 """Tests of qaprune.train.fit on small in-memory tensors: learning a separable problem, early
 stopping with restore of the best weights, NaN detection, reproducibility, QAP training."""
+
 from __future__ import annotations
 
 import math
@@ -63,7 +64,7 @@ def test_early_stopping_restores_best_weights() -> None:
     vals = [r["val_loss"] for r in result.losses]
     assert result.best_val_loss == min(vals)
     assert vals[result.best_epoch - 1] == result.best_val_loss
-    assert all(v >= result.best_val_loss for v in vals[result.best_epoch:])
+    assert all(v >= result.best_val_loss for v in vals[result.best_epoch :])
     assert evaluate_loss(model, xv, yv) == result.best_val_loss
     assert vals[-1] > result.best_val_loss  # the last weights were worse: they were replaced
 
@@ -200,7 +201,7 @@ def test_distillation_pulls_the_student_to_the_teacher():
     torch.manual_seed(0)
     x = torch.randn(256, 8)
     teacher = nn.Linear(8, 3).eval()
-    y = torch.zeros(256, dtype=torch.long)                 # labels that disagree with the teacher
+    y = torch.zeros(256, dtype=torch.long)  # labels that disagree with the teacher
     agree = []
     for distill in (None, {"weight": 1.0, "temperature": 2.0}):
         torch.manual_seed(1)

@@ -1,5 +1,6 @@
 """Micro-structured weight unification: the projection (exact unified blocks, least-error choice
 checked by brute force, idempotence, errors), the ``Unified`` parametrization and ADMM training."""
+
 from __future__ import annotations
 
 import doctest
@@ -13,8 +14,7 @@ from torch import nn
 
 import qaprune.quant.unify as unify_module
 from qaprune.errors import RecipeError
-from qaprune.quant.unify import (ADMMUnify, Unified, admm_unify, block_errors, block_ids, choose_blocks,
-                                 unify_project)
+from qaprune.quant.unify import ADMMUnify, Unified, admm_unify, block_errors, block_ids, choose_blocks, unify_project
 from qaprune.recipe import TrainSpec
 from qaprune.train import fit
 
@@ -23,8 +23,9 @@ def _blocks_of(t: torch.Tensor, block: tuple[int, int]) -> list[torch.Tensor]:
     """The entries of every block of t's (out, in) view, in block order (independent tiling)."""
     rows = t.reshape(t.shape[0], -1)
     r, c = block
-    return [rows[i:i + r, j:j + c].reshape(-1) for i in range(0, rows.shape[0], r)
-            for j in range(0, rows.shape[1], c)]
+    return [
+        rows[i : i + r, j : j + c].reshape(-1) for i in range(0, rows.shape[0], r) for j in range(0, rows.shape[1], c)
+    ]
 
 
 @pytest.mark.parametrize("shape,block", [((6, 10), (2, 3)), ((4, 3, 3, 3), (1, 4)), ((5, 8), (4, 4))])
@@ -66,7 +67,7 @@ def test_chosen_blocks_minimize_the_error_by_brute_force() -> None:
     assert dist == pytest.approx(sum(errors[i] for i in best), rel=1e-9)
     err, energy = block_errors(w, (1, 2))
     assert err.tolist() == pytest.approx(errors, abs=1e-12)
-    assert energy.tolist() == pytest.approx([float((b ** 2).sum()) for b in blocks])
+    assert energy.tolist() == pytest.approx([float((b**2).sum()) for b in blocks])
 
 
 def test_prune_budget_takes_the_least_energy_blocks_first() -> None:
@@ -98,12 +99,17 @@ def test_ratio_zero_is_identity_and_ratio_one_unifies_everything() -> None:
     assert bool((a == a[:, :1]).all())
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"block": (3, 2)}, r"larger than the \(out, in\) view \(2, 6\) of layer 'fc1'"),
-    ({"block": (1, 7)}, "larger than"), ({"block": (0, 2)}, "positive integers"),
-    ({"block": [2]}, "rows, cols"), ({"ratio": 1.5}, r"ratio: 1.5 is not in \[0, 1\] \(layer 'fc1'\)"),
-    ({"ratio": 0.5, "prune": 0.6}, "prune"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"block": (3, 2)}, r"larger than the \(out, in\) view \(2, 6\) of layer 'fc1'"),
+        ({"block": (1, 7)}, "larger than"),
+        ({"block": (0, 2)}, "positive integers"),
+        ({"block": [2]}, "rows, cols"),
+        ({"ratio": 1.5}, r"ratio: 1.5 is not in \[0, 1\] \(layer 'fc1'\)"),
+        ({"ratio": 0.5, "prune": 0.6}, "prune"),
+    ],
+)
 def test_bad_options_are_recipe_errors_naming_the_layer(kwargs, match) -> None:
     args = {"block": (1, 2), "ratio": 0.5, **kwargs}
     with pytest.raises(RecipeError, match=match):
@@ -170,8 +176,9 @@ def test_admm_on_digits_converges_and_ends_exactly_unified(digits) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
     fit(model, xt, yt, xv, yv, spec=TrainSpec(epochs=15, lr=3e-3, batch_size=64, patience=None))
-    r = admm_unify(model, xt, yt, xv, yv, block=(1, 4), ratio=0.75, rho=0.1, rho_factor=2.0,
-                   iterations=8, lr=3e-3, batch_size=64)
+    r = admm_unify(
+        model, xt, yt, xv, yv, block=(1, 4), ratio=0.75, rho=0.1, rho_factor=2.0, iterations=8, lr=3e-3, batch_size=64
+    )
     residuals = [h["residual"] for h in r.history]
     assert len(residuals) == 8 and residuals[-1] < residuals[0] / 10
     assert r.accuracy > 0.9

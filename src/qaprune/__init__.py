@@ -10,6 +10,7 @@ prepare → train → convert::
 
 Heavy modules are imported on first use, so ``import qaprune`` stays fast.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -18,20 +19,31 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "run": "qaprune.runner", "RunResult": "qaprune.runner",
+    "run": "qaprune.runner",
+    "RunResult": "qaprune.runner",
     "Recipe": "qaprune.recipe",
-    "attach": "qaprune.compress", "bake": "qaprune.compress", "rewind": "qaprune.compress",
+    "attach": "qaprune.compress",
+    "bake": "qaprune.compress",
+    "rewind": "qaprune.compress",
     "fit": "qaprune.train",
-    "measure": "qaprune.metrics", "profile": "qaprune.metrics",
+    "measure": "qaprune.metrics",
+    "profile": "qaprune.metrics",
     "prune_to": "qaprune.prune",
-    "build_model": "qaprune.models", "load_dataset": "qaprune.data",
+    "build_model": "qaprune.models",
+    "load_dataset": "qaprune.data",
     "run_demo": "qaprune.demo",
-    "shrink": "qaprune.export", "fold_batchnorm": "qaprune.export.fold", "for_inference": "qaprune.export.fold",
+    "shrink": "qaprune.export",
+    "fold_batchnorm": "qaprune.export.fold",
+    "for_inference": "qaprune.export.fold",
     "export": "qaprune.export.api",
-    "save_qap": "qaprune.storage", "load_qap": "qaprune.storage", "load_qap_into": "qaprune.storage",
-    "cluster_model": "qaprune.quant.cluster", "kmeans_1d": "qaprune.quant.cluster",
+    "save_qap": "qaprune.storage",
+    "load_qap": "qaprune.storage",
+    "load_qap_into": "qaprune.storage",
+    "cluster_model": "qaprune.quant.cluster",
+    "kmeans_1d": "qaprune.quant.cluster",
     "lc_compress": "qaprune.lc",
-    "search": "qaprune.autosearch", "SearchSpec": "qaprune.autosearch",
+    "search": "qaprune.autosearch",
+    "SearchSpec": "qaprune.autosearch",
 }
 
 __all__ = sorted(_EXPORTS)

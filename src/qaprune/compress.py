@@ -1,11 +1,11 @@
 """prepare → train → convert: ``attach`` puts masks and quantizers on a model, ``bake`` turns
 them into plain weights; ``rewind`` resets weights for lottery-ticket training.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
 
-import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
@@ -27,6 +27,7 @@ def attach(model: nn.Module, recipe: Recipe, *, sample: Tensor | None = None) ->
     act_bits`` sets the ReLU after fc1); overrides that reach no module are refused.
 
     Example:
+        >>> import torch
         >>> from qaprune.models import build_model
         >>> m = attach(build_model("mlp", input_shape=(16,), num_classes=5),
         ...            Recipe(quant={"weight_bits": 6, "act_bits": 6}, prune={"sparsity": 0.5}),
@@ -34,8 +35,7 @@ def attach(model: nn.Module, recipe: Recipe, *, sample: Tensor | None = None) ->
         >>> type(m.act1).__name__, [type(p).__name__ for p in m.fc1.parametrizations.weight]
         ('QuantReLU', ['Mask', 'FakeQuant'])
     """
-    q, pruning = recipe.quant, recipe.prune.sparsity > 0 or any(
-        o.sparsity for o in recipe.layers.values())
+    q, pruning = recipe.quant, recipe.prune.sparsity > 0 or any(o.sparsity for o in recipe.layers.values())
     check_patterns(model, recipe)
     acts = act_bits_plan(model, recipe)  # every bit width is checked before the model changes
     weights = {n: weight_spec(recipe, n) for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)}
@@ -49,14 +49,12 @@ def attach(model: nn.Module, recipe: Recipe, *, sample: Tensor | None = None) ->
     return model
 
 
-def _attach_weight(mod: nn.Module, recipe: Recipe, name: str, pruning: bool, bits: int,
-                   per_channel: bool) -> None:
+def _attach_weight(mod: nn.Module, recipe: Recipe, name: str, pruning: bool, bits: int, per_channel: bool) -> None:
     over, q = recipe.layer(name), recipe.quant
     if pruning and over.prune is not False and (over.sparsity is None or over.sparsity > 0):
         add_mask(mod)
     if bits < FLOAT_BITS:
-        quant = weight_quantizer(bits, per_channel=per_channel, learned=q.weight_scale == "learned",
-                                 weight=mod.weight)
+        quant = weight_quantizer(bits, per_channel=per_channel, learned=q.weight_scale == "learned", weight=mod.weight)
         parametrize.register_parametrization(mod, "weight", quant.to(mod.weight.device))
     if q.bias_bits < FLOAT_BITS and getattr(mod, "bias", None) is not None:
         parametrize.register_parametrization(mod, "bias", FakeQuant(q.bias_bits))
@@ -68,12 +66,16 @@ def _replace_relus(model: nn.Module, recipe: Recipe, plan: dict[str, int]) -> No
             full = f"{parent_name}.{child_name}" if parent_name else child_name
             if isinstance(child, RELUS) and plan.get(full, FLOAT_BITS) < FLOAT_BITS:
                 top = 6.0 if isinstance(child, nn.ReLU6) else recipe.quant.act_max
-                setattr(parent, child_name, QuantReLU(plan[full], max_value=top,
-                                                      learned=recipe.quant.act_scale == "learned"))
+                setattr(
+                    parent,
+                    child_name,
+                    QuantReLU(plan[full], max_value=top, learned=recipe.quant.act_scale == "learned"),
+                )
 
 
-def _attach_input(model: nn.Module, bits: int, sample: Tensor | None, top: float | None, *,
-                  learned: bool = False) -> None:
+def _attach_input(
+    model: nn.Module, bits: int, sample: Tensor | None, top: float | None, *, learned: bool = False
+) -> None:
     if sample is None and top is None:
         raise ValueError("attach: the input quantizer needs a calibration sample or quant.input_max")
     if sample is None:  # a given range and no data: assume signed inputs
@@ -111,4 +113,3 @@ def rewind(model: nn.Module, init_state: dict[str, Tensor]) -> None:
         if key in state and not key.endswith(".mask"):
             state[key] = value
     model.load_state_dict(state)
-

@@ -1,4 +1,5 @@
 """Errors qaprune raises on bad input. Each message names the field, file or layer."""
+
 from __future__ import annotations
 
 

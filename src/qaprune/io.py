@@ -1,4 +1,5 @@
 """Weights and checkpoints: safetensors for tensors, JSON for everything else; never pickle."""
+
 from __future__ import annotations
 
 import json

@@ -17,6 +17,7 @@ Start: w = the trained weights, Δ(θ) = Π(w) (direct compression), λ = 0. Ite
 After the last iteration the model's weights are set to Δ(θ): the model is exactly compressed
 by the scheme. Data are in-memory tensors batched by index.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,10 +48,23 @@ class LCResult:
     uncompressed: Weights = field(default_factory=dict)
 
 
-def lc_compress(model: nn.Module, scheme: Scheme, x_train: Tensor, y_train: Tensor, x_val: Tensor,
-                y_val: Tensor, *, mu0: float = 1e-3, mu_factor: float = 1.5, iterations: int = 10,
-                steps_per_iteration: int | None = None, epochs_per_iteration: int = 1,
-                lr: float = 1e-3, batch_size: int = 128, seed: int = 0) -> LCResult:
+def lc_compress(
+    model: nn.Module,
+    scheme: Scheme,
+    x_train: Tensor,
+    y_train: Tensor,
+    x_val: Tensor,
+    y_val: Tensor,
+    *,
+    mu0: float = 1e-3,
+    mu_factor: float = 1.5,
+    iterations: int = 10,
+    steps_per_iteration: int | None = None,
+    epochs_per_iteration: int = 1,
+    lr: float = 1e-3,
+    batch_size: int = 128,
+    seed: int = 0,
+) -> LCResult:
     """Compress ``model`` in place by LC toward ``scheme``; x (N, ...) float, y (N,) int64 on the
     model's device. An L step is ``steps_per_iteration`` minibatch steps, or when that is None
     ``epochs_per_iteration`` passes over the training data.
@@ -73,29 +87,43 @@ def lc_compress(model: nn.Module, scheme: Scheme, x_train: Tensor, y_train: Tens
     batches = _batches(len(x_train), batch_size, torch.Generator().manual_seed(seed), x_train.device)
     steps = steps_per_iteration or epochs_per_iteration * math.ceil(len(x_train) / batch_size)
     for i in range(iterations):
-        mu = mu0 * mu_factor ** i
+        mu = mu0 * mu_factor**i
         target = {n: theta[n] + lam[n] / mu for n in params}
         _l_step(model, opt, x_train, y_train, params, target, mu=mu, batches=batches, steps=steps)
         w = _detached(params)
         theta = scheme.project({n: w[n] - lam[n] / mu for n in params})
         lam = {n: lam[n] - mu * (w[n] - theta[n]) for n in params}
-        result.history.append({
-            "iteration": i + 1, "mu": mu, "accuracy": _accuracy_with(model, params, theta, x_val, y_val),
-            "accuracy_uncompressed": accuracy(predict(model, x_val), y_val),
-            "distance": math.sqrt(sum(float((w[n] - theta[n]).square().sum()) for n in params))})
+        result.history.append(
+            {
+                "iteration": i + 1,
+                "mu": mu,
+                "accuracy": _accuracy_with(model, params, theta, x_val, y_val),
+                "accuracy_uncompressed": accuracy(predict(model, x_val), y_val),
+                "distance": math.sqrt(sum(float((w[n] - theta[n]).square().sum()) for n in params)),
+            }
+        )
     result.uncompressed = {n: p.detach().clone() for n, p in params.items()}
     _load(params, theta)
     result.accuracy = accuracy(predict(model, x_val), y_val)
     return result
 
 
-def _check_options(mu0: float, mu_factor: float, iterations: int, steps: int | None, epochs: int,
-                   lr: float, batch_size: int) -> None:
-    problems = [f"{k}={v}" for k, v, ok in (
-        ("mu0", mu0, mu0 > 0), ("mu_factor", mu_factor, mu_factor >= 1),
-        ("iterations", iterations, iterations >= 1), ("epochs_per_iteration", epochs, epochs >= 1),
-        ("steps_per_iteration", steps, steps is None or steps >= 1),
-        ("lr", lr, lr > 0), ("batch_size", batch_size, batch_size >= 1)) if not ok]
+def _check_options(
+    mu0: float, mu_factor: float, iterations: int, steps: int | None, epochs: int, lr: float, batch_size: int
+) -> None:
+    problems = [
+        f"{k}={v}"
+        for k, v, ok in (
+            ("mu0", mu0, mu0 > 0),
+            ("mu_factor", mu_factor, mu_factor >= 1),
+            ("iterations", iterations, iterations >= 1),
+            ("epochs_per_iteration", epochs, epochs >= 1),
+            ("steps_per_iteration", steps, steps is None or steps >= 1),
+            ("lr", lr, lr > 0),
+            ("batch_size", batch_size, batch_size >= 1),
+        )
+        if not ok
+    ]
     if problems:
         raise RecipeError(f"lc: {', '.join(problems)}; need mu0, lr > 0, mu_factor >= 1, the counts >= 1")
 
@@ -127,8 +155,18 @@ def _batches(n: int, batch_size: int, gen: torch.Generator, device: torch.device
         yield from perm.split(batch_size)
 
 
-def _l_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor, params: Weights,
-            target: Weights, *, mu: float, batches: Iterator[Tensor], steps: int) -> None:
+def _l_step(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    x: Tensor,
+    y: Tensor,
+    params: Weights,
+    target: Weights,
+    *,
+    mu: float,
+    batches: Iterator[Tensor],
+    steps: int,
+) -> None:
     """``steps`` minibatch steps on cross-entropy + (μ/2)·Σ||w − target||²."""
     model.train()
     for _ in range(steps):

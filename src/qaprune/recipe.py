@@ -4,6 +4,7 @@ Errors name the field and what is allowed: ``recipe.prune.sparsity: 1.3 is not i
 Per-layer overrides live under ``layers``: a mapping from a module-name pattern (fnmatch, e.g.
 ``fc4`` or ``features.*``) to the fields to change; later patterns win.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -18,9 +19,9 @@ from qaprune.autosearch.spec import SearchSpec
 from qaprune.errors import RecipeError
 
 WEIGHT_BITS = (*range(1, 17), 32)  # 1: binary, 2: ternary, 32: float (quant.fake_quant)
-ACT_BITS = (*range(2, 17), 32)     # activations, inputs and biases: 1 bit is for weights only
+ACT_BITS = (*range(2, 17), 32)  # activations, inputs and biases: 1 bit is for weights only
 SUPPORTED_BITS = WEIGHT_BITS
-MAX_CLUSTERS = 2 ** 16
+MAX_CLUSTERS = 2**16
 SPARSE_OPTIMIZERS = ("hspg", "obproxsg")  # qaprune.prune.optim: exact zeros while training
 
 
@@ -57,53 +58,53 @@ def _fraction(v: float | None) -> float | None:
 
 
 class DataSpec(_Strict):
-    name: str = "digits"               # registry name or a path to a .npz / .csv file
-    path: str | None = None            # explicit file or folder for a registry dataset
-    train: float | int | None = None   # fraction or count; None: the rest
+    name: str = "digits"  # registry name or a path to a .npz / .csv file
+    path: str | None = None  # explicit file or folder for a registry dataset
+    train: float | int | None = None  # fraction or count; None: the rest
     val: float | int = 0.15
-    test: float | int = 0.2            # ignored where the dataset has an official test split
+    test: float | int = 0.2  # ignored where the dataset has an official test split
     scale: Literal["auto", "standard", "minmax", "unit", "none"] = "auto"
     seed: int = 0
     label_column: str | None = None
 
 
 class ModelSpec(_Strict):
-    name: str = "mlp"                  # registry name or "package.module:factory"
+    name: str = "mlp"  # registry name or "package.module:factory"
     args: dict[str, Any] = {}
 
 
 class QuantSpec(_Strict):
-    weight_bits: int = 32              # 1 (binary) .. 16, 32 = float; activations: 2..16, 32
-    act_bits: int = 32                 # bits of QuantReLU outputs
-    input_bits: int | None = None      # the input quantizer; None: same as act_bits
-    input_max: float | None = None     # None: calibrated on the training split
-    act_max: float = 6.0               # QuantReLU clips at this value (the start, when learned)
+    weight_bits: int = 32  # 1 (binary) .. 16, 32 = float; activations: 2..16, 32
+    act_bits: int = 32  # bits of QuantReLU outputs
+    input_bits: int | None = None  # the input quantizer; None: same as act_bits
+    input_max: float | None = None  # None: calibrated on the training split
+    act_max: float = 6.0  # QuantReLU clips at this value (the start, when learned)
     act_scale: Literal["fixed", "learned"] = "fixed"  # learned: LSQ steps for QuantReLU and input
     per_channel: bool = False
-    bias_bits: int = 32                # 32: float bias (see quant.fake_quant's bias policy)
+    bias_bits: int = 32  # 32: float bias (see quant.fake_quant's bias policy)
     weight_scale: Literal["max", "learned"] = "max"  # learned: LSQ step sizes for the weights
     #                                    (max: max|w|/qmax, 1 bit: mean|w|; see quant.fake_quant)
-    clusters: int | None = None        # weight sharing: k shared values per layer (quant.cluster)
-    cluster_epochs: int = 3            # fine-tuning of the shared values after clustering
-    cluster_reg: float = 0.0           # clustering-friendly regularizer (pull to the centres)
+    clusters: int | None = None  # weight sharing: k shared values per layer (quant.cluster)
+    cluster_epochs: int = 3  # fine-tuning of the shared values after clustering
+    cluster_reg: float = 0.0  # clustering-friendly regularizer (pull to the centres)
 
     _check_bits = field_validator("weight_bits", "act_bits", "input_bits", "bias_bits")(_bits)
     _check_clusters = field_validator("clusters")(_clusters)
 
 
 class PruneSpec(_Strict):
-    sparsity: float = 0.0              # final sparsity of the free layers, in [0, 1)
+    sparsity: float = 0.0  # final sparsity of the free layers, in [0, 1)
     criterion: str = "magnitude"
     structure: str = "unstructured"
     structure_args: dict[str, Any] = {}  # e.g. {n: 2, m: 4} for N:M, {block: [4, 4]} for blocks,
     #                                      {round_to: 8} for channels; per layer: layers.<p>.structure_args
     allocation: Literal["global", "uniform", "lamp"] = "global"
     schedule: Literal["iterative", "cubic", "oneshot"] = "iterative"
-    rate: float = 0.1                  # iterative: sparsity added per round
+    rate: float = 0.1  # iterative: sparsity added per round
     of: Literal["original", "remaining"] = "original"
     rewind: Literal["ft", "lt"] = "ft"  # fine-tune, or lottery-ticket rewind to the initial weights
-    n_steps: int = 10                  # cubic: number of pruning events, one per epoch
-    start_epoch: int = 0               # cubic: first epoch that prunes
+    n_steps: int = 10  # cubic: number of pruning events, one per epoch
+    start_epoch: int = 0  # cubic: first epoch that prunes
 
     _check_sparsity = field_validator("sparsity")(_fraction)
 
@@ -128,10 +129,10 @@ class PruneSpec(_Strict):
 class SparseSpec(_Strict):
     """Options of the sparse optimizers (``train.optimizer`` hspg / obproxsg, see prune.optim)."""
 
-    lam: float = 1e-3                  # λ: group-lasso (hspg) or ℓ1 (obproxsg) strength
-    n_p: int = 100                     # Prox-SG steps before the half-space / orthant steps
-    n_o: int | None = None             # obproxsg: orthant steps per cycle; None: orthant for good
-    epsilon: float = 0.0               # hspg: half-space projection threshold, in [0, 1)
+    lam: float = 1e-3  # λ: group-lasso (hspg) or ℓ1 (obproxsg) strength
+    n_p: int = 100  # Prox-SG steps before the half-space / orthant steps
+    n_o: int | None = None  # obproxsg: orthant steps per cycle; None: orthant for good
+    epsilon: float = 0.0  # hspg: half-space projection threshold, in [0, 1)
     groups: Literal["rows", "columns", "all"] = "rows"  # hspg: how a weight splits into groups
 
     _check_epsilon = field_validator("epsilon")(_fraction)
@@ -146,15 +147,17 @@ class SparseSpec(_Strict):
     @model_validator(mode="after")
     def _some_steps(self) -> SparseSpec:
         if self.n_o is not None and self.n_p + self.n_o == 0:
-            raise ValueError("n_p + n_o = 0; at least one step per cycle is needed (n_o: null "
-                             "switches to orthant steps for good after n_p)")
+            raise ValueError(
+                "n_p + n_o = 0; at least one step per cycle is needed (n_o: null "
+                "switches to orthant steps for good after n_p)"
+            )
         return self
 
 
 class DistillSpec(_Strict):
     """Knowledge distillation: loss = (1 − weight)·CE + weight·T²·KL(teacher_T ‖ student_T)."""
 
-    teacher: str = "round0"            # "round0": this run's trained, unpruned model; or a run directory
+    teacher: str = "round0"  # "round0": this run's trained, unpruned model; or a run directory
     temperature: float = 4.0
     weight: float = 0.5
 
@@ -176,17 +179,17 @@ class DistillSpec(_Strict):
 class TrainSpec(_Strict):
     optimizer: Literal["adam", "adamw", "sgd", "hspg", "obproxsg"] = "adam"
     lr: float = 1e-3
-    momentum: float = 0.9              # sgd and hspg
+    momentum: float = 0.9  # sgd and hspg
     weight_decay: float = 0.0
     batch_size: int = 256
-    epochs: int = 100                  # at most, per training round
-    patience: int | None = 10          # early stopping on validation loss; None: off
+    epochs: int = 100  # at most, per training round
+    patience: int | None = 10  # early stopping on validation loss; None: off
     min_delta: float = 0.0
     lr_schedule: Literal["none", "cosine", "step"] = "none"
-    l1: float = 0.0                    # L1 penalty on the weights
+    l1: float = 0.0  # L1 penalty on the weights
     deterministic: bool = True
     threads: int | None = None
-    sparse: SparseSpec | None = None   # hspg / obproxsg options; None: SparseSpec's defaults
+    sparse: SparseSpec | None = None  # hspg / obproxsg options; None: SparseSpec's defaults
     distill: DistillSpec | None = None  # knowledge distillation from a teacher (see DistillSpec)
 
     @field_validator("weight_decay")
@@ -194,8 +197,7 @@ class TrainSpec(_Strict):
     def _no_decay_when_sparse(cls, v: float, info) -> float:
         opt = info.data.get("optimizer")
         if v and opt in SPARSE_OPTIMIZERS:
-            raise ValueError(f"{v} is not supported by optimizer {opt!r}; allowed: 0 "
-                             "(its penalty is train.sparse.lam)")
+            raise ValueError(f"{v} is not supported by optimizer {opt!r}; allowed: 0 (its penalty is train.sparse.lam)")
         return v
 
     @field_validator("sparse")
@@ -203,8 +205,10 @@ class TrainSpec(_Strict):
     def _sparse_needs_its_optimizer(cls, v: SparseSpec | None, info) -> SparseSpec | None:
         opt = info.data.get("optimizer")
         if v is not None and opt is not None and opt not in SPARSE_OPTIMIZERS:
-            raise ValueError(f"set, but train.optimizer is {opt!r}; it is used by: "
-                             f"{', '.join(SPARSE_OPTIMIZERS)} (remove it, or --set train.sparse=null)")
+            raise ValueError(
+                f"set, but train.optimizer is {opt!r}; it is used by: "
+                f"{', '.join(SPARSE_OPTIMIZERS)} (remove it, or --set train.sparse=null)"
+            )
         return v
 
     @property
@@ -217,10 +221,10 @@ class LayerOverride(_Strict):
     weight_bits: int | None = None
     act_bits: int | None = None
     per_channel: bool | None = None
-    sparsity: float | None = None      # this layer's final sparsity (outside the global pool)
-    prune: bool | None = None          # False: never prune this layer
+    sparsity: float | None = None  # this layer's final sparsity (outside the global pool)
+    prune: bool | None = None  # False: never prune this layer
     structure_args: dict[str, Any] | None = None  # this layer's structure options (e.g. MPD's k)
-    clusters: int | None = None        # this layer's number of shared values
+    clusters: int | None = None  # this layer's number of shared values
 
     _check_bits = field_validator("weight_bits", "act_bits")(_bits)
     _check_clusters = field_validator("clusters")(_clusters)
@@ -245,15 +249,17 @@ class Recipe(_Strict):
     prune: PruneSpec = PruneSpec()
     train: TrainSpec = TrainSpec()
     layers: dict[str, LayerOverride] = {}
-    search: SearchSpec | None = None   # qaprune search: the space and objectives
+    search: SearchSpec | None = None  # qaprune search: the space and objectives
 
     @model_validator(mode="after")
     def _cubic_fits(self) -> Recipe:
         if self.prune.schedule == "cubic" and self.prune.sparsity > 0:
             end = self.prune.start_epoch + self.prune.n_steps
             if end > self.train.epochs:
-                raise ValueError(f"prune.start_epoch + prune.n_steps = {end} exceeds train.epochs = "
-                                 f"{self.train.epochs}; the cubic schedule must end inside training")
+                raise ValueError(
+                    f"prune.start_epoch + prune.n_steps = {end} exceeds train.epochs = "
+                    f"{self.train.epochs}; the cubic schedule must end inside training"
+                )
         return self
 
     # --- construction -------------------------------------------------------------------------
@@ -319,7 +325,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if child is None:  # an unset optional section (train.sparse: null)
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise RecipeError(f"--set {item!r}: recipe.{'.'.join(parts[:i + 1])} is not a section")
+                raise RecipeError(f"--set {item!r}: recipe.{'.'.join(parts[: i + 1])} is not a section")
             node = child
         node[parts[-1]] = yaml.safe_load(raw) if raw else ""
     return out

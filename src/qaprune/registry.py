@@ -1,4 +1,5 @@
 """One tiny registry class: plug-ins are plain functions (or classes) under a name."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator

@@ -7,6 +7,7 @@ Example:
     >>> pareto_front([(100.0, 0.90), (50.0, 0.80), (200.0, 0.85), (10.0, 0.80)])
     [3, 0]
 """
+
 from __future__ import annotations
 
 import base64
@@ -20,14 +21,25 @@ from typing import Any
 from qaprune.errors import QapruneError
 
 RESULTS_FILE = "results.json"
-SUMMARY_KEYS = ["accuracy", "auc", "bops", "bops_fp32_dense", "bops_reduction", "params",
-                "nonzero_params", "sparsity", "macs", "flops", "weight_bits", "size_bytes",
-                "neural_efficiency", "aiq"]
+SUMMARY_KEYS = [
+    "accuracy",
+    "auc",
+    "bops",
+    "bops_fp32_dense",
+    "bops_reduction",
+    "params",
+    "nonzero_params",
+    "sparsity",
+    "macs",
+    "flops",
+    "weight_bits",
+    "size_bytes",
+    "neural_efficiency",
+    "aiq",
+]
 HISTORY_KEYS = ["step", "target_sparsity", "epochs", *SUMMARY_KEYS]
-LAYER_KEYS = ["name", "kind", "sparsity", "weight_bits", "act_bits", "params", "nonzero", "macs",
-              "bops", "bops_share"]
-FINAL_KEYS = ["variant", "accuracy", "bops", "bops_reduction", "sparsity", "size_bytes",
-              "neural_efficiency"]
+LAYER_KEYS = ["name", "kind", "sparsity", "weight_bits", "act_bits", "params", "nonzero", "macs", "bops", "bops_share"]
+FINAL_KEYS = ["variant", "accuracy", "bops", "bops_reduction", "sparsity", "size_bytes", "neural_efficiency"]
 FINAL_OPTIONAL = ["auc", "aiq", "seconds_per_epoch", "pareto"]
 CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:72em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;padding:.2em .6em}
@@ -36,6 +48,7 @@ pre{background:#f7f7f7;padding:1em;overflow-x:auto}img{max-width:100%}h2{margin-
 
 
 # ----------------------------------------------------------------------------- helpers
+
 
 def _dict(value: Any) -> dict:
     return value if isinstance(value, dict) else {}
@@ -106,8 +119,10 @@ def _kv_table(data: dict, preferred: list[str] | None = None) -> str:
 
 def _page(title: str, body: str) -> str:
     t = html.escape(title)
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{t}</title>'
-            f"<style>{CSS}</style></head>\n<body>\n<h1>{t}</h1>\n{body}\n</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{t}</title>'
+        f"<style>{CSS}</style></head>\n<body>\n<h1>{t}</h1>\n{body}\n</body></html>\n"
+    )
 
 
 def _img(path: Path, alt: str) -> str:
@@ -141,13 +156,15 @@ def load_results(run_dir: str | Path) -> tuple[Path, dict]:
 
 # ----------------------------------------------------------------------------- points and plots
 
+
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     """Indices of the (bops, accuracy) points no other point dominates (lower-or-equal BOPs and
     higher-or-equal accuracy, one strictly), in order of increasing BOPs. Equal points are all
     kept; points with a non-finite coordinate are never on the front."""
-    order = sorted((i for i, (b, a) in enumerate(points)
-                    if _number(b) is not None and _number(a) is not None),
-                   key=lambda i: (points[i][0], -points[i][1], i))
+    order = sorted(
+        (i for i, (b, a) in enumerate(points) if _number(b) is not None and _number(a) is not None),
+        key=lambda i: (points[i][0], -points[i][1], i),
+    )
     front: list[int] = []
     best: tuple[float, float] | None = None  # (bops, accuracy) of the best point so far
     for i in order:
@@ -199,8 +216,7 @@ def _finish(fig: Any, ax: Any, path: Path, *, has_data: bool) -> Path:
 def _reference(ax: Any, bops_values: list[Any]) -> bool:
     refs = {b for b in (_number(v) for v in bops_values) if b is not None and b > 0}
     for ref in sorted(refs):
-        ax.axvline(ref, color="grey", linestyle="--", linewidth=1,
-                   label=f"fp32 dense ({_fmt(ref)})")
+        ax.axvline(ref, color="grey", linestyle="--", linewidth=1, label=f"fp32 dense ({_fmt(ref)})")
     return bool(refs)
 
 
@@ -214,8 +230,7 @@ def plot_accuracy_vs_bops(results: dict, path: str | Path) -> Path:
         ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label="pruning steps")
     for bops, acc, sparsity in points:
         if sparsity is not None:
-            ax.annotate(f"{sparsity:.0%}", (bops, acc), textcoords="offset points",
-                        xytext=(4, 4), fontsize=8)
+            ax.annotate(f"{sparsity:.0%}", (bops, acc), textcoords="offset points", xytext=(4, 4), fontsize=8)
     final = (_number(metrics.get("bops")), _number(metrics.get("accuracy")))
     if results.get("history") and final[0] and final[0] > 0 and final[1] is not None:
         ax.plot([final[0]], [final[1]], "*", markersize=12, label="final")
@@ -231,19 +246,26 @@ def plot_pareto(runs: dict[str, dict], path: str | Path, *, title: str = "") -> 
     for name, results in runs.items():
         points = _points(_dict(results))
         if points:
-            ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=str(name),
-                    markersize=4)
+            ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=str(name), markersize=4)
         everything += [(b, a) for b, a, _ in points]
     front = [everything[i] for i in pareto_front(everything)]
     if front:
-        ax.step([b for b, _ in front], [a for _, a in front], where="post", color="black",
-                linestyle=":", linewidth=1.5, label="Pareto front")
+        ax.step(
+            [b for b, _ in front],
+            [a for _, a in front],
+            where="post",
+            color="black",
+            linestyle=":",
+            linewidth=1.5,
+            label="Pareto front",
+        )
     refs = [_dict(_dict(r).get("metrics")).get("bops_fp32_dense") for r in runs.values()]
     has_ref = _reference(ax, refs)
     return _finish(fig, ax, path, has_data=bool(everything) or has_ref)
 
 
 # ----------------------------------------------------------------------------- pages
+
 
 def _layer_rows(results: dict) -> list[dict]:
     rows = [dict(r) for r in _rows(results.get("layers"))]
@@ -271,19 +293,23 @@ def write_report(run_dir: str | Path) -> Path:
     sections = [
         f"<p>{html.escape(intro)}</p>",
         _img(png, "accuracy vs BOPs"),
-        "<h2>Metrics</h2>", _kv_table(_dict(results.get("metrics")), SUMMARY_KEYS),
+        "<h2>Metrics</h2>",
+        _kv_table(_dict(results.get("metrics")), SUMMARY_KEYS),
         "<h2>History (one row per pruning step)</h2>",
         _table(history, _columns(history, HISTORY_KEYS)),
-        "<h2>Layers</h2>", _table(_layer_rows(results), LAYER_KEYS),
-        "<h2>Timing</h2>", _kv_table(_dict(results.get("timing"))),
-        "<h2>Data</h2>", _kv_table(data),
-        "<h2>Environment</h2>", _kv_table(_dict(results.get("environment"))),
+        "<h2>Layers</h2>",
+        _table(_layer_rows(results), LAYER_KEYS),
+        "<h2>Timing</h2>",
+        _kv_table(_dict(results.get("timing"))),
+        "<h2>Data</h2>",
+        _kv_table(data),
+        "<h2>Environment</h2>",
+        _kv_table(_dict(results.get("environment"))),
         "<h2>Recipe</h2>",
         f"<pre>{html.escape(_recipe_text(results.get('recipe') or {}))}</pre>",
     ]
     out = run_dir / "report.html"
-    out.write_text(_page(str(results.get("name") or run_dir.name), "\n".join(sections)),
-                   encoding="utf-8")
+    out.write_text(_page(str(results.get("name") or run_dir.name), "\n".join(sections)), encoding="utf-8")
     return out
 
 
@@ -294,20 +320,24 @@ def _final_rows(runs: dict[str, dict]) -> list[dict]:
         results = _dict(results)
         history = _rows(results.get("history"))
         metrics = _dict(results.get("metrics")) or (history[-1] if history else {})
-        row = {"variant": str(name), **{k: metrics.get(k) for k in FINAL_KEYS[1:]},
-               "auc": metrics.get("auc"), "aiq": metrics.get("aiq"),
-               "seconds_per_epoch": _dict(results.get("timing")).get("seconds_per_epoch")}
+        row = {
+            "variant": str(name),
+            **{k: metrics.get(k) for k in FINAL_KEYS[1:]},
+            "auc": metrics.get("auc"),
+            "aiq": metrics.get("aiq"),
+            "seconds_per_epoch": _dict(results.get("timing")).get("seconds_per_epoch"),
+        }
         rows.append(row)
     points = [(_number(r["bops"]), _number(r["accuracy"])) for r in rows]
-    front = set(pareto_front([(b, a) if b is not None and a is not None else (math.nan, math.nan)
-                              for b, a in points]))
+    front = set(pareto_front([(b, a) if b is not None and a is not None else (math.nan, math.nan) for b, a in points]))
     for i, row in enumerate(rows):
         row["pareto"] = "yes" if i in front else ("no" if None not in points[i] else None)
     return rows
 
 
-def write_comparison_report(out_dir: str | Path, runs: dict[str, dict], *, title: str,
-                            headline: dict | None = None) -> Path:
+def write_comparison_report(
+    out_dir: str | Path, runs: dict[str, dict], *, title: str, headline: dict | None = None
+) -> Path:
     """Write ``pareto.png`` and a self-contained ``report.html`` comparing variants into
     ``out_dir``; ``runs`` maps a variant name to its parsed results.json. Returns the HTML path.
 
@@ -323,8 +353,11 @@ def write_comparison_report(out_dir: str | Path, runs: dict[str, dict], *, title
     sections = []
     if headline:
         sections += ["<h2>Headline</h2>", _kv_table(_dict(headline))]
-    sections += [_img(png, "accuracy vs BOPs, Pareto front"),
-                 "<h2>Final metrics per variant</h2>", _table(rows, columns)]
+    sections += [
+        _img(png, "accuracy vs BOPs, Pareto front"),
+        "<h2>Final metrics per variant</h2>",
+        _table(rows, columns),
+    ]
     out = out_dir / "report.html"
     out.write_text(_page(title, "\n".join(sections)), encoding="utf-8")
     return out

@@ -4,6 +4,7 @@ Round 0 trains the (quantized) model; every later round prunes to the schedule's
 fine-tunes (FT) or rewinds to the initial weights (LT), retrains and is measured. Each finished
 round is checkpointed (safetensors + JSON), so an interrupted run resumes where it stopped.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,12 +24,12 @@ from qaprune.compress import WEIGHT_LAYERS, attach, rewind
 from qaprune.errors import CheckpointError, RecipeError
 from qaprune.io import copy_state, load_into, load_tensors, read_json, save_tensors, write_json
 from qaprune.metrics import measure
-from qaprune.prune import CRITERIA, prune_to, prunable_layers
+from qaprune.prune import CRITERIA, prunable_layers, prune_to
 from qaprune.prune.optim import groups_to_masks
 from qaprune.prune.pruner import add_mask
+from qaprune.prune.schedules import SCHEDULES, steps
 from qaprune.prune.stats import MomentumTracker, collect_stats
 from qaprune.quant.cluster import ClusterPull, cluster_model, recipe_clusters
-from qaprune.prune.schedules import SCHEDULES, steps
 from qaprune.recipe import SPARSE_OPTIMIZERS, Recipe
 from qaprune.train import fit
 
@@ -73,8 +74,17 @@ def load_data(recipe: Recipe, data_dir: str | None, device: torch.device):
     from qaprune.data import load_dataset
 
     d = recipe.data
-    data = load_dataset(d.name, path=d.path, data_dir=data_dir, train=d.train, val=d.val, test=d.test,
-                        scale=d.scale, seed=d.seed, label_column=d.label_column)
+    data = load_dataset(
+        d.name,
+        path=d.path,
+        data_dir=data_dir,
+        train=d.train,
+        val=d.val,
+        test=d.test,
+        scale=d.scale,
+        seed=d.seed,
+        label_column=d.label_column,
+    )
     for split in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
         setattr(data, split, getattr(data, split).to(device))
     return data
@@ -85,8 +95,9 @@ def build(recipe: Recipe, data, device: torch.device) -> nn.Module:
     from qaprune.models import build_model
 
     torch.manual_seed(recipe.seed)
-    model = build_model(recipe.model.name, input_shape=data.input_shape, num_classes=data.num_classes,
-                        **recipe.model.args)
+    model = build_model(
+        recipe.model.name, input_shape=data.input_shape, num_classes=data.num_classes, **recipe.model.args
+    )
     _sparse_masks(model, recipe)
     return attach(model.to(device), recipe, sample=data.x_train).to(device)
 
@@ -135,18 +146,40 @@ class _Pruning:
         gen = torch.Generator().manual_seed(self.recipe.seed)
         stats = None
         if self.needs:
-            stats = collect_stats(model, self.data.x_train, self.data.y_train, needs=self.needs,
-                                  momentum=self.tracker, generator=torch.Generator().manual_seed(self.recipe.seed))
+            stats = collect_stats(
+                model,
+                self.data.x_train,
+                self.data.y_train,
+                needs=self.needs,
+                momentum=self.tracker,
+                generator=torch.Generator().manual_seed(self.recipe.seed),
+            )
         layer_args = {n: a for n in prunable_layers(model) if (a := self.recipe.layer(n).structure_args)}
-        prune_to(model, p.sparsity * frac, criterion=p.criterion, structure=p.structure,
-                 allocation=p.allocation, fixed={n: s * frac for n, s in self.fixed.items()},
-                 generator=gen, stats=stats, structure_args=p.structure_args, layer_args=layer_args,
-                 example_input=self.data.x_train[:2] if p.structure == "channels" else None)
+        prune_to(
+            model,
+            p.sparsity * frac,
+            criterion=p.criterion,
+            structure=p.structure,
+            allocation=p.allocation,
+            fixed={n: s * frac for n, s in self.fixed.items()},
+            generator=gen,
+            stats=stats,
+            structure_args=p.structure_args,
+            layer_args=layer_args,
+            example_input=self.data.x_train[:2] if p.structure == "channels" else None,
+        )
 
 
-def run(recipe: Recipe | str | Path | dict, *, out: str | Path | None = None, data_dir: str | None = None,
-        overrides: list[str] | None = None, resume: bool = False, progress: bool = False,
-        log=print) -> RunResult:
+def run(
+    recipe: Recipe | str | Path | dict,
+    *,
+    out: str | Path | None = None,
+    data_dir: str | None = None,
+    overrides: list[str] | None = None,
+    resume: bool = False,
+    progress: bool = False,
+    log=print,
+) -> RunResult:
     """Run a recipe end to end; returns the run directory and its results.
 
     Example:
@@ -176,23 +209,45 @@ def run(recipe: Recipe | str | Path | dict, *, out: str | Path | None = None, da
         if ks and step == last:
             target, hook, res = final, None, _cluster_round(model, recipe, data, ks, step, progress, teacher)
         else:
-            target, hook, res = _prune_round(model, recipe, data, pruning, targets, step, init_state, progress,
-                                             pull=_pull(recipe, ks) if step == len(targets) else None,
-                                             teacher=teacher)
+            target, hook, res = _prune_round(
+                model,
+                recipe,
+                data,
+                pruning,
+                targets,
+                step,
+                init_state,
+                progress,
+                pull=_pull(recipe, ks) if step == len(targets) else None,
+                teacher=teacher,
+            )
         entry = _entry(model, data, step, target if hook is None else final, res)
         entry["phase"] = "cluster" if ks and step == last else "prune" if step else "train"
         history.append(entry)
         timing["epochs"] += res.epochs
         timing["train_seconds"] += res.train_seconds
-        log(f"step {step}: sparsity {entry['sparsity']:.3f} accuracy {entry['accuracy']:.4f} "
-            f"BOPs {entry['bops']:.4g} ({entry['bops_reduction']:.1f}x) epochs {res.epochs}")
+        log(
+            f"step {step}: sparsity {entry['sparsity']:.3f} accuracy {entry['accuracy']:.4f} "
+            f"BOPs {entry['bops']:.4g} ({entry['bops_reduction']:.1f}x) epochs {res.epochs}"
+        )
         _checkpoint(model, ckpt, step, history, timing)
     timing["total_seconds"] = timing.get("total_seconds", 0.0) + time.perf_counter() - t_start
     return RunResult(run_dir, _finish(model, recipe, data, run_dir, history, timing))
 
 
-def _prune_round(model: nn.Module, recipe: Recipe, data, pruning: _Pruning, targets: list[float], step: int,
-                 init_state: dict, progress: bool, *, pull=None, teacher=None) -> tuple[float, Any, Any]:
+def _prune_round(
+    model: nn.Module,
+    recipe: Recipe,
+    data,
+    pruning: _Pruning,
+    targets: list[float],
+    step: int,
+    init_state: dict,
+    progress: bool,
+    *,
+    pull=None,
+    teacher=None,
+) -> tuple[float, Any, Any]:
     """Round ``step``: prune to its target (none in round 0), rewind for LT, train. -> (target,
     the cubic schedule's epoch hook or None, the fit result)."""
     target = targets[step - 1] if step else 0.0
@@ -201,26 +256,55 @@ def _prune_round(model: nn.Module, recipe: Recipe, data, pruning: _Pruning, targ
         if recipe.prune.rewind == "lt":
             rewind(model, init_state)
     hook = _gradual_hook(model, pruning) if step == 0 and recipe.prune.schedule == "cubic" else None
-    res = fit(model, data.x_train, data.y_train, data.x_val, data.y_val, spec=recipe.train,
-              seed=recipe.seed + step, on_epoch=hook, on_step=_both(pruning.tracker, pull), teacher=teacher,
-              progress=progress, label=f"step {step}")
+    res = fit(
+        model,
+        data.x_train,
+        data.y_train,
+        data.x_val,
+        data.y_val,
+        spec=recipe.train,
+        seed=recipe.seed + step,
+        on_epoch=hook,
+        on_step=_both(pruning.tracker, pull),
+        teacher=teacher,
+        progress=progress,
+        label=f"step {step}",
+    )
     if recipe.train.optimizer in SPARSE_OPTIMIZERS:  # the zeros it reached stay zero
         groups_to_masks(model, res.optimizer)
     return target, hook, res
 
 
-def _cluster_round(model: nn.Module, recipe: Recipe, data, ks: dict[str, int], step: int, progress: bool,
-                   teacher: nn.Module | None = None):
+def _cluster_round(
+    model: nn.Module,
+    recipe: Recipe,
+    data,
+    ks: dict[str, int],
+    step: int,
+    progress: bool,
+    teacher: nn.Module | None = None,
+):
     """Weight sharing (Deep Compression): optimal 1-D k-means of every layer's pruned weights, then
     ``quant.cluster_epochs`` epochs that train the shared values (pruned weights stay zero)."""
     cluster_model(model, ks)
     spec = recipe.train.model_copy(update={"epochs": recipe.quant.cluster_epochs})
-    return fit(model, data.x_train, data.y_train, data.x_val, data.y_val, spec=spec, seed=recipe.seed + step,
-               teacher=teacher, progress=progress, label=f"step {step} (clusters)")
+    return fit(
+        model,
+        data.x_train,
+        data.y_train,
+        data.x_val,
+        data.y_val,
+        spec=spec,
+        seed=recipe.seed + step,
+        teacher=teacher,
+        progress=progress,
+        label=f"step {step} (clusters)",
+    )
 
 
-def _teacher(recipe: Recipe, data, device: torch.device, ckpt: Path, step: int,
-             data_dir: str | None = None) -> nn.Module | None:
+def _teacher(
+    recipe: Recipe, data, device: torch.device, ckpt: Path, step: int, data_dir: str | None = None
+) -> nn.Module | None:
     """The distillation teacher (``train.distill``), frozen in eval mode: this run's round-0 model
     (from its checkpoint, so also after --resume; available from round 1 on) or another run's."""
     d = recipe.train.distill
@@ -263,8 +347,10 @@ def _prepare_dir(run_dir: Path, recipe: Recipe, resume: bool) -> Path:
     if resume and (run_dir / "recipe.yaml").exists():
         saved = Recipe.load(run_dir / "recipe.yaml")
         if saved != recipe:
-            raise RecipeError(f"--resume: the recipe differs from the one in {run_dir / 'recipe.yaml'}; "
-                              "resume with the same recipe or choose another --out")
+            raise RecipeError(
+                f"--resume: the recipe differs from the one in {run_dir / 'recipe.yaml'}; "
+                "resume with the same recipe or choose another --out"
+            )
     ckpt.mkdir(parents=True, exist_ok=True)
     recipe.dump(run_dir / "recipe.yaml")
     return ckpt
@@ -293,8 +379,7 @@ def _checkpoint(model: nn.Module, ckpt: Path, step: int, history: list, timing: 
 def _entry(model: nn.Module, data, step: int, target: float, res) -> dict[str, Any]:
     m = measure(model, data.x_test, data.y_test, num_classes=data.num_classes)
     m.pop("layers")
-    return {"step": step, "target_sparsity": target, "epochs": res.epochs,
-            "best_val_loss": res.best_val_loss, **m}
+    return {"step": step, "target_sparsity": target, "epochs": res.epochs, "best_val_loss": res.best_val_loss, **m}
 
 
 def _gradual_hook(model: nn.Module, pruning: _Pruning):
@@ -312,8 +397,8 @@ def _gradual_hook(model: nn.Module, pruning: _Pruning):
 
 
 def _finish(model: nn.Module, recipe: Recipe, data, run_dir: Path, history: list, timing: dict) -> dict:
-    from qaprune.storage import save_qap
     from qaprune.report import write_report
+    from qaprune.storage import save_qap
 
     metrics = measure(model, data.x_test, data.y_test, num_classes=data.num_classes)
     layers = metrics.pop("layers")
@@ -321,9 +406,17 @@ def _finish(model: nn.Module, recipe: Recipe, data, run_dir: Path, history: list
     metrics["size_bytes"] = save_qap(model, run_dir / "model.qap", meta={"name": recipe.name, "qaprune": VERSION})
     metrics["compression"] = metrics["size_bytes_fp32"] / metrics["size_bytes"]  # against float32 dense
     timing["seconds_per_epoch"] = timing["train_seconds"] / max(timing["epochs"], 1)
-    results = {"name": recipe.name, "qaprune_version": VERSION, "metrics": metrics, "layers": layers,
-               "history": history, "timing": timing, "data": data.summary(), "recipe": recipe.to_dict(),
-               "environment": environment()}
+    results = {
+        "name": recipe.name,
+        "qaprune_version": VERSION,
+        "metrics": metrics,
+        "layers": layers,
+        "history": history,
+        "timing": timing,
+        "data": data.summary(),
+        "recipe": recipe.to_dict(),
+        "environment": environment(),
+    }
     write_json(run_dir / "results.json", results)
     write_report(run_dir)
     return results
@@ -331,9 +424,14 @@ def _finish(model: nn.Module, recipe: Recipe, data, run_dir: Path, history: list
 
 def environment() -> dict[str, Any]:
     """The machine, for honest numbers."""
-    return {"torch": torch.__version__, "python": platform.python_version(),
-            "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "threads": torch.get_num_threads()}
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def clean(run_dir: str | Path) -> None:
@@ -347,8 +445,9 @@ def load_run(target: str | Path, *, data_dir: str | None = None) -> tuple[Recipe
     target = Path(target)
     run_dir, weights = (target, target / "model.safetensors") if target.is_dir() else (target.parent, target)
     if not (run_dir / "recipe.yaml").is_file():
-        raise RecipeError(f"{target}: no recipe.yaml beside the model; the recipe is needed "
-                          "to rebuild the architecture")
+        raise RecipeError(
+            f"{target}: no recipe.yaml beside the model; the recipe is needed to rebuild the architecture"
+        )
     recipe = Recipe.load(run_dir / "recipe.yaml")
     device = setup(recipe)
     data = load_data(recipe, data_dir, device)

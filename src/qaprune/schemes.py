@@ -24,6 +24,7 @@ Example:
     >>> torch.equal(model[0].weight, before)
     True
 """
+
 from __future__ import annotations
 
 import weakref
@@ -61,8 +62,7 @@ class Scheme:
         names = self.layers if self.layers is not None else list(weights)
         missing = [n for n in names if n not in weights]
         if missing:
-            raise RecipeError(f"{self._field('layers')}: {missing} not among the weights: "
-                              f"{', '.join(weights)}")
+            raise RecipeError(f"{self._field('layers')}: {missing} not among the weights: {', '.join(weights)}")
         return names
 
     def _project_layer(self, w: Tensor, layer: str) -> Tensor:
@@ -118,10 +118,18 @@ class Prune(Scheme):
         [[0.0, -2.0, 0.0, 4.0]]
     """
 
-    def __init__(self, sparsity: float | None = None, *, density: float | None = None,
-                 criterion: str = "magnitude", structure: str = "unstructured", allocation: str = "global",
-                 structure_args: dict | None = None, stats: dict | None = None,
-                 layers: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        sparsity: float | None = None,
+        *,
+        density: float | None = None,
+        criterion: str = "magnitude",
+        structure: str = "unstructured",
+        allocation: str = "global",
+        structure_args: dict | None = None,
+        stats: dict | None = None,
+        layers: Sequence[str] | None = None,
+    ) -> None:
         super().__init__(layers=layers)
         if (sparsity is None) == (density is None):
             raise RecipeError("scheme Prune: give exactly one of sparsity or density")
@@ -136,15 +144,25 @@ class Prune(Scheme):
 
         names = self._names(weights)
         root = _mask_holders({n: weights[n] for n in names})
-        prune_to(root, self.sparsity, criterion=self.criterion, structure=self.structure,
-                 allocation=self.allocation, stats=self.stats, structure_args=self.structure_args)
+        prune_to(
+            root,
+            self.sparsity,
+            criterion=self.criterion,
+            structure=self.structure,
+            allocation=self.allocation,
+            stats=self.stats,
+            structure_args=self.structure_args,
+        )
         holders = dict(root.named_modules())
-        return {n: (w.detach() * get_mask(holders[n]).mask).to(w.dtype) if n in names else w
-                for n, w in weights.items()}
+        return {
+            n: (w.detach() * get_mask(holders[n]).mask).to(w.dtype) if n in names else w for n, w in weights.items()
+        }
 
     def __repr__(self) -> str:
-        return (f"Prune({self.sparsity}, criterion={self.criterion!r}, structure={self.structure!r}, "
-                f"allocation={self.allocation!r}{self._layers_repr()})")
+        return (
+            f"Prune({self.sparsity}, criterion={self.criterion!r}, structure={self.structure!r}, "
+            f"allocation={self.allocation!r}{self._layers_repr()})"
+        )
 
 
 def _mask_holders(weights: Weights) -> nn.Module:
@@ -238,8 +256,14 @@ class Unify(Scheme):
         [[1.0, -3.0, 2.25, 2.25]]
     """
 
-    def __init__(self, block: Sequence[int] = (1, 4), ratio: float = 0.5, *, prune: float = 0.0,
-                 layers: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        block: Sequence[int] = (1, 4),
+        ratio: float = 0.5,
+        *,
+        prune: float = 0.0,
+        layers: Sequence[str] | None = None,
+    ) -> None:
         super().__init__(layers=layers)
         check_options(block, ratio, prune=prune, layer="(every)")
         self.block, self.ratio, self.prune = tuple(block), ratio, prune

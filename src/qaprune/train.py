@@ -3,6 +3,7 @@
 Small data lives in memory as tensors and is batched by index. Early stopping watches the
 validation loss and restores the best weights; a NaN/Inf loss stops the run with a clear error.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,8 +43,7 @@ class FitResult:
         return self.train_seconds / self.epochs if self.epochs else 0.0
 
 
-def make_optimizer(params: Iterable, spec: TrainSpec, *, dense: Collection[str] = ()
-                   ) -> torch.optim.Optimizer:
+def make_optimizer(params: Iterable, spec: TrainSpec, *, dense: Collection[str] = ()) -> torch.optim.Optimizer:
     """The recipe's optimizer over ``params``: tensors or (name, tensor) pairs.
 
     Adam/AdamW use the fused kernel (2× faster epochs on small models on CPU) where all
@@ -70,12 +70,13 @@ def _sparse_optimizer(params: list, spec: TrainSpec, dense: Collection[str]) -> 
         return p.ndim >= 2 and name not in dense
 
     s, free = spec.sparse_options, "rows" if spec.optimizer == "hspg" else "elements"
-    groups = [{"params": [q for q in params if regularized(q)]},
-              {"params": [q for q in params if not regularized(q)], "lam": 0.0, "groups": free}]
+    groups = [
+        {"params": [q for q in params if regularized(q)]},
+        {"params": [q for q in params if not regularized(q)], "lam": 0.0, "groups": free},
+    ]
     groups = [g for g in groups if g["params"]]
     if spec.optimizer == "hspg":
-        return HSPG(groups, spec.lr, s.lam, epsilon=s.epsilon, n_p=s.n_p, momentum=spec.momentum,
-                    groups=s.groups)
+        return HSPG(groups, spec.lr, s.lam, epsilon=s.epsilon, n_p=s.n_p, momentum=spec.momentum, groups=s.groups)
     return OBProxSG(groups, spec.lr, s.lam, n_p=s.n_p, n_o=s.n_o)
 
 
@@ -85,9 +86,13 @@ def unmasked_weights(model: nn.Module) -> list[str]:
     if not prunable_layers(model):
         return []
     names = {id(p): n for n, p in model.named_parameters()}
-    return [names[id(latent_weight(m))] for m in model.modules()
-            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) and get_mask(m) is None
-            and id(latent_weight(m)) in names]
+    return [
+        names[id(latent_weight(m))]
+        for m in model.modules()
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
+        and get_mask(m) is None
+        and id(latent_weight(m)) in names
+    ]
 
 
 def _lr_scheduler(opt: torch.optim.Optimizer, spec: TrainSpec):
@@ -100,8 +105,11 @@ def _lr_scheduler(opt: torch.optim.Optimizer, spec: TrainSpec):
 
 def l1_penalty(model: nn.Module) -> Tensor:
     """Σ|w| over the latent weights of every Linear/Conv layer."""
-    terms = [latent_weight(m).abs().sum() for m in model.modules()
-             if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+    terms = [
+        latent_weight(m).abs().sum()
+        for m in model.modules()
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
+    ]
     return torch.stack(terms).sum() if terms else torch.zeros(())
 
 
@@ -112,15 +120,27 @@ def evaluate_loss(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 4
     model.eval()
     total = 0.0
     for i in range(0, len(x), batch_size):
-        total += float(F.cross_entropy(model(x[i:i + batch_size]), y[i:i + batch_size], reduction="sum"))
+        total += float(F.cross_entropy(model(x[i : i + batch_size]), y[i : i + batch_size], reduction="sum"))
     model.train(was)
     return total / max(len(x), 1)
 
 
-def fit(model: nn.Module, x_train: Tensor, y_train: Tensor, x_val: Tensor, y_val: Tensor, *,
-        spec: TrainSpec, seed: int = 0, on_epoch: EpochHook | None = None,
-        on_step: StepHook | None = None, penalty: Penalty | None = None, teacher: nn.Module | None = None,
-        progress: bool = False, label: str = "train") -> FitResult:
+def fit(
+    model: nn.Module,
+    x_train: Tensor,
+    y_train: Tensor,
+    x_val: Tensor,
+    y_val: Tensor,
+    *,
+    spec: TrainSpec,
+    seed: int = 0,
+    on_epoch: EpochHook | None = None,
+    on_step: StepHook | None = None,
+    penalty: Penalty | None = None,
+    teacher: nn.Module | None = None,
+    progress: bool = False,
+    label: str = "train",
+) -> FitResult:
     """Train ``model`` in place; x (N, ...) float, y (N,) int64, already on the model's device.
 
     Adam/AdamW/SGD/HSPG/OBProx-SG with an optional cosine/step learning-rate schedule, L1 on
@@ -146,8 +166,9 @@ def fit(model: nn.Module, x_train: Tensor, y_train: Tensor, x_val: Tensor, y_val
             if on_epoch is not None and on_epoch(epoch):
                 result.best_val_loss, best_state, bad = math.inf, None, 0
             t0 = time.perf_counter()
-            train_loss = _train_epoch(model, opt, x_train, y_train, spec, gen, on_step, penalty,
-                                      teacher if spec.distill is not None else None)
+            train_loss = _train_epoch(
+                model, opt, x_train, y_train, spec, gen, on_step, penalty, teacher if spec.distill is not None else None
+            )
             result.train_seconds += time.perf_counter() - t0
             if sched is not None:
                 sched.step()
@@ -168,14 +189,22 @@ def fit(model: nn.Module, x_train: Tensor, y_train: Tensor, x_val: Tensor, y_val
     return result
 
 
-def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor,
-                 spec: TrainSpec, gen: torch.Generator, on_step: StepHook | None = None,
-                 penalty: Penalty | None = None, teacher: nn.Module | None = None) -> float:
+def _train_epoch(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    x: Tensor,
+    y: Tensor,
+    spec: TrainSpec,
+    gen: torch.Generator,
+    on_step: StepHook | None = None,
+    penalty: Penalty | None = None,
+    teacher: nn.Module | None = None,
+) -> float:
     model.train()
     perm = torch.randperm(len(x), generator=gen).to(x.device)
     total, bs = 0.0, spec.batch_size
     for i in range(0, len(x), bs):
-        idx = perm[i:i + bs]
+        idx = perm[i : i + bs]
         logits = model(x[idx])
         loss = F.cross_entropy(logits, y[idx])
         if teacher is not None:
@@ -201,13 +230,14 @@ def distillation_loss(logits: Tensor, teacher: nn.Module, x: Tensor, ce: Tensor,
     with torch.no_grad():
         target = F.log_softmax(teacher(x) / d.temperature, dim=1)
     kl = F.kl_div(F.log_softmax(logits / d.temperature, dim=1), target, reduction="batchmean", log_target=True)
-    return (1.0 - d.weight) * ce + d.weight * d.temperature ** 2 * kl
+    return (1.0 - d.weight) * ce + d.weight * d.temperature**2 * kl
 
 
 def _check_finite(value: float, what: str) -> None:
     if not math.isfinite(value):
-        raise NonFiniteError(f"{what} is {value}: training diverged (try a lower train.lr); "
-                             "the last good checkpoint is kept")
+        raise NonFiniteError(
+            f"{what} is {value}: training diverged (try a lower train.lr); the last good checkpoint is kept"
+        )
 
 
 class _progress:

@@ -1,5 +1,6 @@
 """Bad input is refused with one clear line: no search section, an unreachable or malformed
 storage, a study that is not this recipe's, a directory of another search."""
+
 from __future__ import annotations
 
 import optuna
@@ -21,12 +22,15 @@ def _main(args: list[str]) -> int:
     return 0
 
 
-@pytest.mark.parametrize("recipe, message", [
-    ({"data": {"name": "digits"}}, "recipe.search: missing; a search needs a space and objectives"),
-    (make_recipe(space={}), "recipe.search.space: empty"),
-    (make_recipe(space={"layers.fc9.weight_bits": {"choices": [4, 8]}}), "'fc9' matches no weight layer"),
-    (make_recipe(space={"prune.sparsity": {"low": 0.5, "high": 1.0}}), "recipe.search.space.prune.sparsity: 1.0"),
-])
+@pytest.mark.parametrize(
+    "recipe, message",
+    [
+        ({"data": {"name": "digits"}}, "recipe.search: missing; a search needs a space and objectives"),
+        (make_recipe(space={}), "recipe.search.space: empty"),
+        (make_recipe(space={"layers.fc9.weight_bits": {"choices": [4, 8]}}), "'fc9' matches no weight layer"),
+        (make_recipe(space={"prune.sparsity": {"low": 0.5, "high": 1.0}}), "recipe.search.space.prune.sparsity: 1.0"),
+    ],
+)
 def test_cli_refuses_bad_search_recipes_in_one_line(tmp_path, capsys, recipe, message):
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -36,10 +40,13 @@ def test_cli_refuses_bad_search_recipes_in_one_line(tmp_path, capsys, recipe, me
     assert not (tmp_path / "s" / "trials").exists()
 
 
-@pytest.mark.parametrize("storage, message", [
-    ("postgresql+psycopg2://nobody@127.0.0.1:9/none", "cannot open the database"),
-    ("not a url", "not a database URL"),
-])
+@pytest.mark.parametrize(
+    "storage, message",
+    [
+        ("postgresql+psycopg2://nobody@127.0.0.1:9/none", "cannot open the database"),
+        ("not a url", "not a database URL"),
+    ],
+)
 def test_unreachable_or_malformed_storage(tmp_path, storage, message):
     if storage.startswith("postgresql"):
         pytest.importorskip("psycopg2")

@@ -1,5 +1,6 @@
 """Searches on digits with a few one-epoch trials: every sampler, the CLI with export and resume,
 the dense baseline and Condensa's sparsity bound."""
+
 from __future__ import annotations
 
 import json
@@ -24,22 +25,31 @@ def _main(args: list[str]) -> int:
     return 0
 
 
-WIDTHS = {"model.args.hidden": {"choices": [[16], [24]]}}       # layer widths, as JSON choices
+WIDTHS = {"model.args.hidden": {"choices": [[16], [24]]}}  # layer widths, as JSON choices
 PER_LAYER = {"layers.fc*.weight_bits": {"choices": [2, 8], "per_layer": True}}  # each layer its own
 
 
-@pytest.mark.parametrize("sampler, objectives, pruner, extra", [
-    ("gp", ["accuracy"], "median", {"space": WIDTHS, "latency": {"repeats": 3}}),
-    ("nsga2", ["accuracy", "bops", "size_bytes"], "none", {"space": PER_LAYER}),
-])
+@pytest.mark.parametrize(
+    "sampler, objectives, pruner, extra",
+    [
+        ("gp", ["accuracy"], "median", {"space": WIDTHS, "latency": {"repeats": 3}}),
+        ("nsga2", ["accuracy", "bops", "size_bytes"], "none", {"space": PER_LAYER}),
+    ],
+)
 def test_samplers_fill_the_study_and_the_front(tmp_path, sampler, objectives, pruner, extra):
-    recipe = make_recipe(sampler=sampler, objectives=objectives, pruner=pruner, **{k: v for k, v in extra.items()
-                                                                                   if k != "space"})
+    recipe = make_recipe(
+        sampler=sampler, objectives=objectives, pruner=pruner, **{k: v for k, v in extra.items() if k != "space"}
+    )
     recipe["search"]["space"].update(extra["space"])
     res = search(recipe, trials=3, out=tmp_path, log=None)
     done = [r for r in res.trials if r["state"] == "COMPLETE"]
-    assert sorted(res.trials[0]["params"]) == sorted(["prune.sparsity", "quant.weight_bits", *(
-        ["model.args.hidden"] if sampler == "gp" else ["layers.fc1.weight_bits", "layers.fc2.weight_bits"])])
+    assert sorted(res.trials[0]["params"]) == sorted(
+        [
+            "prune.sparsity",
+            "quant.weight_bits",
+            *(["model.args.hidden"] if sampler == "gp" else ["layers.fc1.weight_bits", "layers.fc2.weight_bits"]),
+        ]
+    )
     assert [r["state"] in ("COMPLETE", "PRUNED") for r in res.trials] == [True] * 3  # the median pruner may stop one
     assert len(done) >= 2
     for r in done:
@@ -50,7 +60,7 @@ def test_samplers_fill_the_study_and_the_front(tmp_path, sampler, objectives, pr
         for key, value in r["params"].items():  # the trial's recipe holds every sampled value
             section, *path = key.split(".")
             node = ran.to_dict()[section]
-            for part in (path[:1] + [path[-1]] if section == "layers" else path):
+            for part in path[:1] + [path[-1]] if section == "layers" else path:
                 node = node[part]
             assert node == value, key
         assert ("latency_ms" in r["metrics"]) == ("latency" in extra) and r["metrics"].get("latency_ms", 1) > 0
@@ -65,8 +75,14 @@ def test_samplers_fill_the_study_and_the_front(tmp_path, sampler, objectives, pr
         for t in study.trials:  # a complete trial reported both rounds; a pruned one the rounds up to its stop
             steps = sorted(t.intermediate_values)
             assert steps == [0, 1] if t.state.name == "COMPLETE" else steps in ([0], [0, 1])
-    for name in ("search.html", "search_bops.png", "search_size_bytes.png", "search_hypervolume.png",
-                 "trials.json", "pareto.json"):
+    for name in (
+        "search.html",
+        "search_bops.png",
+        "search_size_bytes.png",
+        "search_hypervolume.png",
+        "trials.json",
+        "pareto.json",
+    ):
         assert (tmp_path / name).is_file(), name
     assert (tmp_path / "search_latency_ms.png").is_file() == ("latency" in extra)
 
@@ -118,8 +134,12 @@ def test_cli_search_exports_recipes_that_reproduce_and_resumes(tmp_path, capsys)
 
 
 def test_dense_baseline_sparsity_bound_and_threshold_pruner(tmp_path):
-    recipe = make_recipe(objectives=["bops"], pruner="threshold", sparsity_bound={"trials": 2},
-                         constraints=[{"metric": "accuracy", "min": -0.05, "reference": "dense"}])
+    recipe = make_recipe(
+        objectives=["bops"],
+        pruner="threshold",
+        sparsity_bound={"trials": 2},
+        constraints=[{"metric": "accuracy", "min": -0.05, "reference": "dense"}],
+    )
     res = search(recipe, trials=2, out=tmp_path, log=None)
     floor = res.dense["accuracy"] - 0.05
     assert (tmp_path / "dense" / "results.json").is_file() and res.dense["bops"] == res.dense["bops_fp32_dense"]

@@ -1,4 +1,5 @@
 """The search section: validation with clear messages, sampling, trial recipes, hashes."""
+
 from __future__ import annotations
 
 import doctest
@@ -8,8 +9,15 @@ import optuna
 import pytest
 from conftest import make_recipe
 
-from qaprune.autosearch.space import (check_space, decode_params, dense_recipe, expand_space, recipe_hash,
-                                      suggest, trial_recipe)
+from qaprune.autosearch.space import (
+    check_space,
+    decode_params,
+    dense_recipe,
+    expand_space,
+    recipe_hash,
+    suggest,
+    trial_recipe,
+)
 from qaprune.autosearch.spec import SearchSpec
 from qaprune.errors import RecipeError
 from qaprune.recipe import Recipe
@@ -24,27 +32,54 @@ def test_docstring_examples(name):
     assert result.failed == 0 and result.attempted > 0
 
 
-@pytest.mark.parametrize("search, message", [
-    ({"space": {}}, "recipe.search.space: empty"),
-    ({"space": {"prune.sparsity": {"low": 0.9, "high": 0.5}}}, "low 0.9 must be < high 0.5"),
-    ({"space": {"prune.sparsity": {"lo": 0.1}}}, "prune.sparsity.lo: unknown field; allowed: choices, low"),
-    ({"space": {"quant.weight_bits": {"choices": []}}}, "choices: empty"),
-    ({"space": {"quant.weight_bits": {"choices": [4, 4]}}}, "has duplicates"),
-    ({"space": {"data.test": {"choices": [0.1, 0.2]}}}, "'data.test' is not searchable"),
-    ({"space": {"prune.sparsity": {"low": 0.1, "high": 0.5}}, "objectives": ["speed"]}, "'speed' is unknown; known:"),
-    ({"space": {"prune.sparsity": {"low": 0.1, "high": 0.5}}, "objectives": ["bops", "bops"]}, "names a metric twice"),
-    ({"space": {"prune.sparsity": {"low": 0.1, "high": 0.5}}, "pruner": "median"}, "needs the single objective"),
-    ({"space": {"prune.sparsity": {"low": 0.1, "high": 0.5}}, "pruner": "threshold"}, "add one"),
-    ({"space": {"prune.sparsity": {"low": 0.1, "high": 0.5}}, "constraints": [{"metric": "accuracy", "min": 0.9,
-                                                                             "max": 0.8}]}, "no trial can meet it"),
-    ({"space": {"quant.weight_bits": {"choices": [4, 8]}}, "sparsity_bound": {"trials": 3},
-      "constraints": [{"metric": "accuracy", "min": 0.9}]}, "needs prune.sparsity in space"),
-    ({"space": {"prune.sparsity": {"low": 0.1, "high": 0.5}}, "sparsity_bound": {}}, "needs constraints"),
-    ({"space": {"prune.sparsity": {"low": 0.1, "high": 0.5}}, "sampler": "cmaes"}, "recipe.search.sampler"),
-    ({"space": {"quant.weight_bits": {"choices": [2, 4], "per_layer": True}}}, "per_layer needs a key layers."),
-    ({"space": {"layers.*.weight_bits": {"choices": [2, 4], "per_layer": True},
-                "model.args.hidden": {"choices": [[8], [16]]}}}, "and a fixed model"),
-])
+@pytest.mark.parametrize(
+    "search, message",
+    [
+        ({"space": {}}, "recipe.search.space: empty"),
+        ({"space": {"prune.sparsity": {"low": 0.9, "high": 0.5}}}, "low 0.9 must be < high 0.5"),
+        ({"space": {"prune.sparsity": {"lo": 0.1}}}, "prune.sparsity.lo: unknown field; allowed: choices, low"),
+        ({"space": {"quant.weight_bits": {"choices": []}}}, "choices: empty"),
+        ({"space": {"quant.weight_bits": {"choices": [4, 4]}}}, "has duplicates"),
+        ({"space": {"data.test": {"choices": [0.1, 0.2]}}}, "'data.test' is not searchable"),
+        (
+            {"space": {"prune.sparsity": {"low": 0.1, "high": 0.5}}, "objectives": ["speed"]},
+            "'speed' is unknown; known:",
+        ),
+        (
+            {"space": {"prune.sparsity": {"low": 0.1, "high": 0.5}}, "objectives": ["bops", "bops"]},
+            "names a metric twice",
+        ),
+        ({"space": {"prune.sparsity": {"low": 0.1, "high": 0.5}}, "pruner": "median"}, "needs the single objective"),
+        ({"space": {"prune.sparsity": {"low": 0.1, "high": 0.5}}, "pruner": "threshold"}, "add one"),
+        (
+            {
+                "space": {"prune.sparsity": {"low": 0.1, "high": 0.5}},
+                "constraints": [{"metric": "accuracy", "min": 0.9, "max": 0.8}],
+            },
+            "no trial can meet it",
+        ),
+        (
+            {
+                "space": {"quant.weight_bits": {"choices": [4, 8]}},
+                "sparsity_bound": {"trials": 3},
+                "constraints": [{"metric": "accuracy", "min": 0.9}],
+            },
+            "needs prune.sparsity in space",
+        ),
+        ({"space": {"prune.sparsity": {"low": 0.1, "high": 0.5}}, "sparsity_bound": {}}, "needs constraints"),
+        ({"space": {"prune.sparsity": {"low": 0.1, "high": 0.5}}, "sampler": "cmaes"}, "recipe.search.sampler"),
+        ({"space": {"quant.weight_bits": {"choices": [2, 4], "per_layer": True}}}, "per_layer needs a key layers."),
+        (
+            {
+                "space": {
+                    "layers.*.weight_bits": {"choices": [2, 4], "per_layer": True},
+                    "model.args.hidden": {"choices": [[8], [16]]},
+                }
+            },
+            "and a fixed model",
+        ),
+    ],
+)
 def test_bad_search_sections_are_refused_with_the_field(search, message):
     with pytest.raises(RecipeError) as err:
         Recipe.parse({"search": search})
@@ -52,12 +87,15 @@ def test_bad_search_sections_are_refused_with_the_field(search, message):
     assert str(err.value).startswith("recipe.search")
 
 
-@pytest.mark.parametrize("space, message", [
-    ({"prune.sparsity": {"low": 0.5, "high": 1.0}}, "recipe.prune.sparsity: 1.0 is not in [0, 1)"),
-    ({"quant.weight_bit": {"choices": [2, 4]}}, "recipe.quant.weight_bit: unknown field"),
-    ({"layers.fc1.act_bits": {"choices": [1, 4]}}, "1 bit is for weights only"),
-    ({"prune.criterion": {"choices": ["magnitude", "psychic"]}}, "'psychic' is unknown"),
-])
+@pytest.mark.parametrize(
+    "space, message",
+    [
+        ({"prune.sparsity": {"low": 0.5, "high": 1.0}}, "recipe.prune.sparsity: 1.0 is not in [0, 1)"),
+        ({"quant.weight_bit": {"choices": [2, 4]}}, "recipe.quant.weight_bit: unknown field"),
+        ({"layers.fc1.act_bits": {"choices": [1, 4]}}, "1 bit is for weights only"),
+        ({"prune.criterion": {"choices": ["magnitude", "psychic"]}}, "'psychic' is unknown"),
+    ],
+)
 def test_values_that_give_invalid_recipes_are_refused(space, message):
     recipe = Recipe.parse({"search": {"space": space}})
     with pytest.raises(RecipeError) as err:
@@ -75,11 +113,16 @@ def test_layer_patterns_must_match_a_layer_unless_the_model_varies():
 
 
 def test_kinds_directions_and_sampled_values():
-    spec = SearchSpec(space={"quant.weight_bits": {"low": 2, "high": 8}, "prune.sparsity": {"low": 0, "high": 0.9},
-                             "train.lr": {"low": 1e-4, "high": 1e-1, "log": True},
-                             "model.args.hidden": {"choices": [[16], [32, 16]]},
-                             "prune.structure": {"choices": ["unstructured", "channels"]}},
-                      objectives=["size_bytes", {"metric": "accuracy"}, {"metric": "sparsity", "direction": "minimize"}])
+    spec = SearchSpec(
+        space={
+            "quant.weight_bits": {"low": 2, "high": 8},
+            "prune.sparsity": {"low": 0, "high": 0.9},
+            "train.lr": {"low": 1e-4, "high": 1e-1, "log": True},
+            "model.args.hidden": {"choices": [[16], [32, 16]]},
+            "prune.structure": {"choices": ["unstructured", "channels"]},
+        },
+        objectives=["size_bytes", {"metric": "accuracy"}, {"metric": "sparsity", "direction": "minimize"}],
+    )
     assert [p.kind for p in spec.space.values()] == ["int", "float", "float", "categorical", "categorical"]
     assert spec.directions == ["minimize", "maximize", "minimize"]
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
@@ -87,7 +130,7 @@ def test_kinds_directions_and_sampled_values():
         trial = study.ask()
         params = suggest(trial, spec.space, bound=0.4)
         assert isinstance(params["quant.weight_bits"], int) and 2 <= params["quant.weight_bits"] <= 8
-        assert 0.0 <= params["prune.sparsity"] <= 0.4          # capped by the bound
+        assert 0.0 <= params["prune.sparsity"] <= 0.4  # capped by the bound
         assert params["model.args.hidden"] in ([16], [32, 16])  # lists travel as JSON text
         assert decode_params(trial.params, spec.space) == params
         recipe = trial_recipe(Recipe(search=spec), params)
@@ -119,8 +162,12 @@ def test_the_documented_search_section_is_valid():
 
 
 def test_per_layer_entries_expand_to_one_parameter_per_layer():
-    space = SearchSpec(space={"layers.fc*.weight_bits": {"low": 2, "high": 8, "per_layer": True},
-                              "layers.fc2.act_bits": {"choices": [4, 8]}}).space
+    space = SearchSpec(
+        space={
+            "layers.fc*.weight_bits": {"low": 2, "high": 8, "per_layer": True},
+            "layers.fc2.act_bits": {"choices": [4, 8]},
+        }
+    ).space
     wide = expand_space(space, ["fc1", "fc2", "conv1"])
     assert list(wide) == ["layers.fc1.weight_bits", "layers.fc2.weight_bits", "layers.fc2.act_bits"]
     assert all(not p.per_layer for p in wide.values()) and wide["layers.fc1.weight_bits"].kind == "int"

@@ -1,5 +1,6 @@
 """Worker processes: two on one SQLite file, two on a real PostgreSQL server (when installed),
 and a killed or terminated worker whose trial is retried from its last checkpoint."""
+
 from __future__ import annotations
 
 import json
@@ -58,8 +59,17 @@ def postgres_url():
         subprocess.run(args, check=True, capture_output=True, user=user, cwd=data, timeout=120)
 
     pg(initdb, "-D", str(data / "db"), "-U", "qaprune", "--auth=trust", "-N")
-    pg(pg_ctl, "-D", str(data / "db"), "-l", str(data / "log"), "-w", "-o",
-       f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start")
+    pg(
+        pg_ctl,
+        "-D",
+        str(data / "db"),
+        "-l",
+        str(data / "log"),
+        "-w",
+        "-o",
+        f"-p {port} -k {data} -c listen_addresses=127.0.0.1",
+        "start",
+    )
     yield f"postgresql+psycopg2://qaprune@127.0.0.1:{port}/postgres"
     pg(pg_ctl, "-D", str(data / "db"), "-m", "immediate", "stop")
     shutil.rmtree(data, ignore_errors=True)
@@ -88,11 +98,20 @@ def _wait_for(predicate, what: str) -> None:
 def _start_and_stop(recipe: Recipe, out: Path, trials: int, number: int, sig: int) -> int:
     """Start one worker, send it ``sig`` once trial ``number`` has checkpointed its first
     round; -> the worker's exit code."""
-    cfg = WorkerConfig(recipe=recipe.to_dict(), out=str(out), storage=storage_url(None, out), study_name="s",
-                       trials=trials, heartbeat=1, quiet=True)
+    cfg = WorkerConfig(
+        recipe=recipe.to_dict(),
+        out=str(out),
+        storage=storage_url(None, out),
+        study_name="s",
+        trials=trials,
+        heartbeat=1,
+        quiet=True,
+    )
     [proc] = start_workers([cfg])
-    _wait_for(lambda: (out / f"trials/{number}/checkpoints/state.json").is_file() or not proc.is_alive(),
-              f"trial {number}'s first checkpoint")
+    _wait_for(
+        lambda: (out / f"trials/{number}/checkpoints/state.json").is_file() or not proc.is_alive(),
+        f"trial {number}'s first checkpoint",
+    )
     os.kill(proc.pid, sig)
     proc.join(WAIT)
     return proc.exitcode
@@ -101,8 +120,9 @@ def _start_and_stop(recipe: Recipe, out: Path, trials: int, number: int, sig: in
 def test_killed_and_terminated_workers_are_resumed_from_their_checkpoints(tmp_path):
     recipe = Recipe.parse(make_recipe(space={"prune.sparsity": {"low": 0.6, "high": 0.8}}))
     recipe = recipe.override(["prune.schedule=iterative", "prune.rate=0.2", "train.epochs=2"])  # 4-5 rounds
-    prepare(recipe, out=tmp_path, url=storage_url(None, tmp_path), name="s", data_dir=None, heartbeat=1,
-            log=lambda m: None)
+    prepare(
+        recipe, out=tmp_path, url=storage_url(None, tmp_path), name="s", data_dir=None, heartbeat=1, log=lambda m: None
+    )
     first = tmp_path / "trials/0/checkpoints/step_000.safetensors"
     assert _start_and_stop(recipe, tmp_path, 1, 0, signal.SIGKILL) == -signal.SIGKILL
     stamp = first.stat().st_mtime_ns

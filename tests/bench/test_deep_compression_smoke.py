@@ -1,5 +1,6 @@
 """Smoke test of bench/deep_compression_mnist.py's pieces on sklearn digits: tiny epochs, no
 shared data; the artifact is measured for real and decoded back."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -33,7 +34,9 @@ def rows(dc, tmp_path_factory):
 
 def test_the_measured_artifact_is_the_file_and_decodes_to_the_same_model(dc, rows):
     for r in rows.values():
-        assert r["size_bytes"] == r["size_bytes_metric"] == Path(dc.HERE.parent, r["run_dir"], "model.qap").stat().st_size
+        assert (
+            r["size_bytes"] == r["size_bytes_metric"] == Path(dc.HERE.parent, r["run_dir"], "model.qap").stat().st_size
+        )
         assert r["artifact_accuracy"] == pytest.approx(r["accuracy"], abs=1e-12)
 
 
@@ -58,15 +61,28 @@ def test_qap_variant_quantizes_and_clusters_conv_layers_more_finely(rows):
 
 
 def _row(model, variant, acc, comp, method="deep-compression"):
-    return {"model": model, "variant": variant, "method": method, "accuracy": acc, "compression": comp,
-            "size_bytes": 1000, "size_bytes_fp32": 50_000, "drop_points": None}
+    return {
+        "model": model,
+        "variant": variant,
+        "method": method,
+        "accuracy": acc,
+        "compression": comp,
+        "size_bytes": 1000,
+        "size_bytes_fp32": 50_000,
+        "drop_points": None,
+    }
 
 
 def test_headline_takes_the_largest_compression_within_half_a_point(dc):
-    rows = [_row("lenet300", "dense", 0.97, 0.99, "dense"), _row("lenet300", "a", 0.966, 45.0),
-            _row("lenet300", "b", 0.9651, 60.0), _row("lenet300", "c", 0.96, 80.0),
-            _row("lenet5", "dense", 0.985, 0.99, "dense"), _row("lenet5", "d", 0.975, 42.0),
-            _row("lenet5", "e", 0.978, 30.0)]
+    rows = [
+        _row("lenet300", "dense", 0.97, 0.99, "dense"),
+        _row("lenet300", "a", 0.966, 45.0),
+        _row("lenet300", "b", 0.9651, 60.0),
+        _row("lenet300", "c", 0.96, 80.0),
+        _row("lenet5", "dense", 0.985, 0.99, "dense"),
+        _row("lenet5", "d", 0.975, 42.0),
+        _row("lenet5", "e", 0.978, 30.0),
+    ]
     for r in rows:
         r["drop_points"] = 100 * ((0.97 if r["model"] == "lenet300" else 0.985) - r["accuracy"])
     h = dc.headline(rows)

@@ -1,5 +1,6 @@
 """Smoke test of bench/prune_fashion.py's pieces on sklearn digits: a tiny VGG, no shared data,
 latency stubbed (the latency module has its own tests)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -23,9 +24,19 @@ def pf():
 
 @pytest.fixture(scope="module")
 def bench(pf, tmp_path_factory):
-    recipe = pf.Recipe.load(pf.RECIPE).override([
-        "data.name=digits", "data.train=null", "data.val=0.15", "data.test=0.2", "model.args.widths=[8, 16]",
-        "model.args.hidden=16", "train.epochs=2", "train.threads=1", "train.batch_size=64"])
+    recipe = pf.Recipe.load(pf.RECIPE).override(
+        [
+            "data.name=digits",
+            "data.train=null",
+            "data.val=0.15",
+            "data.test=0.2",
+            "model.args.widths=[8, 16]",
+            "model.args.hidden=16",
+            "train.epochs=2",
+            "train.threads=1",
+            "train.batch_size=64",
+        ]
+    )
     data = pf.load_data(recipe, None, pf.setup(recipe))
     ft = pf.TrainSpec(**{**recipe.train.model_dump(), "epochs": 1})
     runs = tmp_path_factory.mktemp("runs")
@@ -45,8 +56,10 @@ def stubbed(pf, bench, monkeypatch):
     return bench
 
 
-@pytest.mark.parametrize("source,name,mode", [("qaprune", "magnitude", "shrunk"), ("qaprune", "momentum", "shrunk"),
-                                              ("torch-pruning", "taylor", "masked")])
+@pytest.mark.parametrize(
+    "source,name,mode",
+    [("qaprune", "magnitude", "shrunk"), ("qaprune", "momentum", "shrunk"), ("torch-pruning", "taylor", "masked")],
+)
 def test_point_is_exact_and_half_as_wide(pf, stubbed, source, name, mode):
     stubbed.mode = mode
     p = pf.run_point(stubbed, source, name, 0.5)
@@ -59,12 +72,37 @@ def test_point_is_exact_and_half_as_wide(pf, stubbed, source, name, mode):
 
 def test_headline_picks_the_largest_reduction_within_the_bound(pf):
     ref = {"accuracy": 0.9, "accuracy_ft": 0.9, "accuracy_no_ft": 0.88}
-    row = {"speedup_torch": 3.0, "speedup_ort": 3.5, "speedup_torch_b1": 2.0, "speedup_ort_b1": 2.0, "bytes_ratio": 4.0,
-           "speedup_torch_eager": 2.5, "speedup_torch_eager_b1": 1.5}
-    pts = [{**row, "criterion": "a", "source": "qaprune", "sparsity": 0.5, "accuracy": 0.898,
-            "accuracy_drop_points": 0.2, "flops_reduction": 0.75, "flops_ratio": 4.0},
-           {**row, "criterion": "b", "source": "qaprune", "sparsity": 0.75, "accuracy": 0.85,
-            "accuracy_drop_points": 5.0, "flops_reduction": 0.94, "flops_ratio": 16.0}]
+    row = {
+        "speedup_torch": 3.0,
+        "speedup_ort": 3.5,
+        "speedup_torch_b1": 2.0,
+        "speedup_ort_b1": 2.0,
+        "bytes_ratio": 4.0,
+        "speedup_torch_eager": 2.5,
+        "speedup_torch_eager_b1": 1.5,
+    }
+    pts = [
+        {
+            **row,
+            "criterion": "a",
+            "source": "qaprune",
+            "sparsity": 0.5,
+            "accuracy": 0.898,
+            "accuracy_drop_points": 0.2,
+            "flops_reduction": 0.75,
+            "flops_ratio": 4.0,
+        },
+        {
+            **row,
+            "criterion": "b",
+            "source": "qaprune",
+            "sparsity": 0.75,
+            "accuracy": 0.85,
+            "accuracy_drop_points": 5.0,
+            "flops_reduction": 0.94,
+            "flops_ratio": 16.0,
+        },
+    ]
     h = pf.headline(pts, ref)
     assert h["criterion"] == "a" and h["flops_target_met"] and not h["speedup_target_met_torch"]
     assert h["speedup_target_met_ort"] and not h["speedup_target_met_torch_eager"] and h["peer"] is None

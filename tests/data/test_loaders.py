@@ -1,5 +1,6 @@
 """Raw loaders, file formats and data resolution. No network, no /work/shared/datasets: every
 file is written here into tmp_path; the downloaders are replaced by functions that fail."""
+
 from __future__ import annotations
 
 import gzip
@@ -10,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from qaprune.data import DATASETS, load_dataset, load_raw
-from qaprune.data import loaders, resolve
+from qaprune.data import DATASETS, load_dataset, load_raw, loaders, resolve
 from qaprune.data.download import DownloadError, sidecar, write_sidecar
 from qaprune.data.formats import read_arff, read_idx
 from qaprune.errors import DataFormatError, DataNotFoundError
@@ -44,12 +44,15 @@ def write_idx(path: Path, array: np.ndarray, *, gz: bool = True) -> Path:
     return path
 
 
-def make_idx_set(folder: Path, *, n_train: int, n_test: int, seed: int, full_train: bool = True,
-                 npz_train: int = 0) -> dict[str, np.ndarray]:
+def make_idx_set(
+    folder: Path, *, n_train: int, n_test: int, seed: int, full_train: bool = True, npz_train: int = 0
+) -> dict[str, np.ndarray]:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    arrays = {k: rng.integers(0, 256, (n, 28, 28)).astype(np.uint8) for k, n in
-              (("train", n_train), ("test", n_test), ("npz", npz_train))}
+    arrays = {
+        k: rng.integers(0, 256, (n, 28, 28)).astype(np.uint8)
+        for k, n in (("train", n_train), ("test", n_test), ("npz", npz_train))
+    }
     for k, n in (("ytrain", n_train), ("ytest", n_test), ("ynpz", npz_train)):
         arrays[k] = rng.integers(0, 10, n).astype(np.uint8)
     if full_train:
@@ -83,8 +86,7 @@ def write_letter(path: Path, *, n: int = 20000, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 16, (n, 16)).astype(np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, x=x, y=(np.arange(n) % 26).astype(np.int64),
-             classes=np.array([chr(65 + i) for i in range(26)]))
+    np.savez(path, x=x, y=(np.arange(n) % 26).astype(np.int64), classes=np.array([chr(65 + i) for i in range(26)]))
 
 
 def test_registry_names():
@@ -117,12 +119,15 @@ def test_idx_int32_big_endian(tmp_path):
     assert read_idx(tmp_path / "b").tolist() == [1, -2, 70000]
 
 
-@pytest.mark.parametrize("data, words", [
-    (b"\x01\x02\x08\x03" + b"\x00" * 20, "magic"),
-    (b"\x00\x00\x08\x01" + struct.pack(">I", 10) + b"\x00" * 4, "size mismatch"),
-    (b"\x1f\x8bnot gzip at all", "gzip"),
-    (b"", "magic"),
-])
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        (b"\x01\x02\x08\x03" + b"\x00" * 20, "magic"),
+        (b"\x00\x00\x08\x01" + struct.pack(">I", 10) + b"\x00" * 4, "size mismatch"),
+        (b"\x1f\x8bnot gzip at all", "gzip"),
+        (b"", "magic"),
+    ],
+)
 def test_idx_bad_files_refused(tmp_path, data, words):
     (tmp_path / "bad").write_bytes(data)
     with pytest.raises(DataFormatError, match=words):
@@ -137,11 +142,16 @@ def test_corrupt_mnist_idx_refused(tmp_path):
 
 
 def test_mnist_npz_pool_and_official_test(tmp_path):
-    arrays = make_idx_set(tmp_path / "d" / "mnist", n_train=0, n_test=30, seed=1,
-                          full_train=False, npz_train=100)
+    arrays = make_idx_set(tmp_path / "d" / "mnist", n_train=0, n_test=30, seed=1, full_train=False, npz_train=100)
     ds = load_dataset("mnist", data_dir=tmp_path / "d", val=10, seed=0)
-    assert ds.summary() == {"name": "mnist", "train": 90, "val": 10, "test": 30,
-                            "num_classes": 10, "input_shape": [1, 28, 28]}
+    assert ds.summary() == {
+        "name": "mnist",
+        "train": 90,
+        "val": 10,
+        "test": 30,
+        "num_classes": 10,
+        "input_shape": [1, 28, 28],
+    }
     assert ds.x_train.dtype == torch.float32 and ds.y_train.dtype == torch.int64
     assert torch.allclose(ds.x_test[:, 0], torch.from_numpy(arrays["test"] / 255.0).float())
     assert ds.y_test.tolist() == arrays["ytest"].tolist()
@@ -234,8 +244,13 @@ def test_jets_download_cached_with_sha256(tmp_path, monkeypatch):
     def fake_fetch(*, data_id, dest, cache):
         calls.append(data_id)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(dest, x=np.ones((10, 16), np.float32), y=np.arange(10) % 5,
-                 classes=np.array(["g", "q", "t", "w", "z"]), columns=np.array(FEATURES))
+        np.savez(
+            dest,
+            x=np.ones((10, 16), np.float32),
+            y=np.arange(10) % 5,
+            classes=np.array(["g", "q", "t", "w", "z"]),
+            columns=np.array(FEATURES),
+        )
         write_sidecar(dest)
 
     monkeypatch.setattr(loaders, "fetch_openml_npz", fake_fetch)
@@ -299,8 +314,13 @@ def test_user_npz_tabular_and_image(tmp_path):
     ds = load_dataset(str(tmp_path / "tab.npz"))
     assert ds.input_shape == (5,) and ds.classes == ["a", "b", "c"] and ds.num_classes == 3
     assert sorted(torch.cat([ds.y_train, ds.y_val, ds.y_test]).tolist()) == [0] * 20 + [1] * 10 + [2] * 10
-    np.savez(tmp_path / "img.npz", x=rng.integers(0, 256, (30, 6, 6)).astype(np.uint8),
-             y=np.arange(30) % 3, x_test=np.full((4, 6, 6), 255, np.uint8), y_test=np.arange(4) % 3)
+    np.savez(
+        tmp_path / "img.npz",
+        x=rng.integers(0, 256, (30, 6, 6)).astype(np.uint8),
+        y=np.arange(30) % 3,
+        x_test=np.full((4, 6, 6), 255, np.uint8),
+        y_test=np.arange(4) % 3,
+    )
     ds = load_dataset(str(tmp_path / "img.npz"))
     assert ds.input_shape == (1, 6, 6) and len(ds.x_test) == 4 and torch.all(ds.x_test == 1.0)
     assert ds.x_train.max() <= 1.0 and ds.num_classes == 3
@@ -352,8 +372,14 @@ def test_mnist_download_into_cache(tmp_path, monkeypatch):
 
 
 def test_user_npz_string_labels_with_classes_and_test(tmp_path):
-    np.savez(tmp_path / "s.npz", x=np.zeros((6, 2)), y=np.array(["z", "a", "z", "m", "a", "z"]),
-             classes=np.array(["z", "m", "a"]), x_test=np.zeros((2, 2)), y_test=np.array(["m", "a"]))
+    np.savez(
+        tmp_path / "s.npz",
+        x=np.zeros((6, 2)),
+        y=np.array(["z", "a", "z", "m", "a", "z"]),
+        classes=np.array(["z", "m", "a"]),
+        x_test=np.zeros((2, 2)),
+        y_test=np.array(["m", "a"]),
+    )
     raw = load_raw(str(tmp_path / "s.npz"))
     assert raw.classes == ["z", "m", "a"] and raw.y.tolist() == [0, 2, 0, 1, 2, 0]
     assert raw.y_test.tolist() == [1, 2]
@@ -378,8 +404,7 @@ def test_fetch_openml_npz_writes_checked_cache(tmp_path, monkeypatch):
 
     def fake_fetch_openml(**kwargs):
         seen.update(kwargs)
-        return Bunch(data=np.arange(32.0).reshape(2, 16), target=np.array(["w", "g"]),
-                     feature_names=list(FEATURES))
+        return Bunch(data=np.arange(32.0).reshape(2, 16), target=np.array(["w", "g"]), feature_names=list(FEATURES))
 
     monkeypatch.setattr(sklearn.datasets, "fetch_openml", fake_fetch_openml)
     monkeypatch.setattr(loaders, "fetch_openml_npz", download.fetch_openml_npz)

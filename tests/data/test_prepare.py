@@ -1,4 +1,5 @@
 """Splitting and scaling: seeded, disjoint, validated, and fitted on the training split only."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -93,16 +94,19 @@ def test_split_counts_letter_and_rest():
     assert split_counts(9, train=None, val=0.5, test=0.45) == (1, 4, 4)  # rounding never overshoots
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(train=None, val=0.5, test=0.6), "fractions sum to 1.1 > 1"),
-    (dict(train=0.8, val=0.1, test=0.2), "fractions sum to 1.1 > 1"),
-    (dict(train=None, val=300, test=0.2), "data.val: 300 samples requested but only 200 in the dataset"),
-    (dict(train=150, val=20, test=40), "data.train: 150 samples requested but only 140 left"),
-    (dict(train=None, val=-1, test=0.2), "data.val: -1 is negative"),
-    (dict(train=None, val=1.5, test=0.2), "data.val: 1.5 is not a fraction"),
-    (dict(train=None, val=True, test=0.2), "data.val: True"),
-    (dict(train=None, val=100, test=100), "data.train: no training samples"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(train=None, val=0.5, test=0.6), "fractions sum to 1.1 > 1"),
+        (dict(train=0.8, val=0.1, test=0.2), "fractions sum to 1.1 > 1"),
+        (dict(train=None, val=300, test=0.2), "data.val: 300 samples requested but only 200 in the dataset"),
+        (dict(train=150, val=20, test=40), "data.train: 150 samples requested but only 140 left"),
+        (dict(train=None, val=-1, test=0.2), "data.val: -1 is negative"),
+        (dict(train=None, val=1.5, test=0.2), "data.val: 1.5 is not a fraction"),
+        (dict(train=None, val=True, test=0.2), "data.val: True"),
+        (dict(train=None, val=100, test=100), "data.train: no training samples"),
+    ],
+)
 def test_split_validation(kwargs, message):
     with pytest.raises(RecipeError, match=message.replace("+", r"\+")):
         split_counts(200, **kwargs)

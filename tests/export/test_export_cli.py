@@ -1,4 +1,5 @@
 """qaprune export and qaprune bench-latency on a run directory."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,13 @@ from qaprune.io import copy_state, save_tensors
 from qaprune.prune import prune_to
 from qaprune.recipe import Recipe
 
-RECIPE = {"name": "e", "data": {"name": "digits"}, "model": {"name": "resnet8", "args": {"widths": [8, 16]}},
-          "quant": {"weight_bits": 4, "act_bits": 4, "per_channel": True}, "prune": {"sparsity": 0.5}}
+RECIPE = {
+    "name": "e",
+    "data": {"name": "digits"},
+    "model": {"name": "resnet8", "args": {"widths": [8, 16]}},
+    "quant": {"weight_bits": 4, "act_bits": 4, "per_channel": True},
+    "prune": {"sparsity": 0.5},
+}
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +46,9 @@ def run_dir(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("fmt,suffix", [("onnx", ".onnx"), ("qdq", ".qdq.onnx"), ("qonnx", ".qonnx.onnx"),
-                                        ("qap", ".qap")])
+@pytest.mark.parametrize(
+    "fmt,suffix", [("onnx", ".onnx"), ("qdq", ".qdq.onnx"), ("qonnx", ".qonnx.onnx"), ("qap", ".qap")]
+)
 def test_export_command(run_dir, fmt, suffix):
     res = CliRunner().invoke(app, ["export", str(run_dir), "--format", fmt, "--samples", "300"])
     assert res.exit_code == 0, res.output
@@ -68,13 +75,37 @@ def test_bench_latency(run_dir, tmp_path):
     out = tmp_path / "lat.json"
     qdq = run_dir / "model.bench.qdq.onnx"
     assert CliRunner().invoke(app, ["export", str(run_dir), "--format", "qdq", "--out", str(qdq)]).exit_code == 0
-    res = CliRunner().invoke(app, ["bench-latency", str(run_dir), str(qdq), "--batch", "1", "--batch", "8",
-                                   "--threads", "1", "--repeats", "2", "--warmup", "1", "--out", str(out)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "bench-latency",
+            str(run_dir),
+            str(qdq),
+            "--batch",
+            "1",
+            "--batch",
+            "8",
+            "--threads",
+            "1",
+            "--repeats",
+            "2",
+            "--warmup",
+            "1",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     rows = json.loads(out.read_text())["rows"]
     kinds = {(r["variant"], r["runtime"]) for r in rows}
-    assert {("dense", "torch eager fp32"), ("shrunk", "torch eager fp32"), ("dense", "ORT fp32"),
-            ("shrunk", "ORT fp32"), ("shrunk", "ORT int8 QDQ"), (qdq.name, "ORT int8 QDQ")} == kinds
+    assert {
+        ("dense", "torch eager fp32"),
+        ("shrunk", "torch eager fp32"),
+        ("dense", "ORT fp32"),
+        ("shrunk", "ORT fp32"),
+        ("shrunk", "ORT int8 QDQ"),
+        (qdq.name, "ORT int8 QDQ"),
+    } == kinds
     assert len(rows) == len(kinds) * 2 and all(r["median_ms"] > 0 and r["throughput_per_s"] > 0 for r in rows)
     dense = [r for r in rows if r["variant"] == "dense" and r["runtime"].startswith("torch")]
     assert all(r["speedup_vs_dense_torch"] == 1.0 for r in dense)

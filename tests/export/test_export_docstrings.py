@@ -1,4 +1,5 @@
 """The runnable examples in the export modules' docstrings stay runnable and right."""
+
 from __future__ import annotations
 
 import doctest
@@ -6,8 +7,14 @@ import importlib
 
 import pytest
 
-MODULES = ["qaprune.export.lower", "qaprune.export.onnx_export", "qaprune.export.qdq",
-           "qaprune.export.qonnx_export", "qaprune.export.verify", "qaprune.export.api"]
+MODULES = [
+    "qaprune.export.lower",
+    "qaprune.export.onnx_export",
+    "qaprune.export.qdq",
+    "qaprune.export.qonnx_export",
+    "qaprune.export.verify",
+    "qaprune.export.api",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -1,5 +1,6 @@
 """export: layers a format cannot express are named with a format that can; a corrupted export
 fails its verification loudly and leaves no file behind."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -60,7 +61,7 @@ def test_unknown_module_names_the_layer(tmp_path):
         with pytest.raises(QapruneError, match=rf"{fmt}: layer 'act2': Swish has no ONNX lowering.*--format onnx"):
             export(model, format=fmt, out=tmp_path / "m.onnx", x=x)
     assert _nothing_left(tmp_path)
-    r = export(model, format="onnx", out=tmp_path / "m.onnx", x=x)   # torch.onnx.export takes over
+    r = export(model, format="onnx", out=tmp_path / "m.onnx", x=x)  # torch.onnx.export takes over
     assert r.how.startswith("torch.onnx.export: dynamo") and r.verification.passed
 
 
@@ -71,13 +72,17 @@ def _corrupt(proto: onnx.ModelProto, suffix: str) -> onnx.ModelProto:
     return proto
 
 
-@pytest.mark.parametrize("fmt,module,fn,suffix", [
-    ("onnx", onnx_export, "float_onnx", "fc2.weight"),
-    ("qdq", qdq, "qdq_onnx", "fc2.weight_codes"),
-    ("qonnx", qonnx_export, "qonnx_model", "fc2.weight")])
+@pytest.mark.parametrize(
+    "fmt,module,fn,suffix",
+    [
+        ("onnx", onnx_export, "float_onnx", "fc2.weight"),
+        ("qdq", qdq, "qdq_onnx", "fc2.weight_codes"),
+        ("qonnx", qonnx_export, "qonnx_model", "fc2.weight"),
+    ],
+)
 def test_corrupted_export_fails_and_leaves_no_file(tmp_path, monkeypatch, fmt, module, fn, suffix):
     model, x = _mlp()
-    good = export(model, format=fmt, out=tmp_path / "old", x=x)        # a previous, good export
+    good = export(model, format=fmt, out=tmp_path / "old", x=x)  # a previous, good export
     before = good.path.read_bytes()
     real = getattr(module, fn)
     monkeypatch.setattr(module, fn, lambda *a, **k: (lambda p, n: (_corrupt(p, suffix), n))(*real(*a, **k)))
@@ -87,7 +92,7 @@ def test_corrupted_export_fails_and_leaves_no_file(tmp_path, monkeypatch, fmt, m
     with pytest.raises(VerificationError):
         export(model, format=fmt, out=tmp_path / "old", x=x)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old", "old.verify.json"]
-    assert good.path.read_bytes() == before                            # the good file is kept
+    assert good.path.read_bytes() == before  # the good file is kept
 
 
 def test_corrupted_qap_fails(tmp_path, monkeypatch):
@@ -112,10 +117,10 @@ def test_corrupted_qap_fails(tmp_path, monkeypatch):
 def test_compare_criteria():
     ref = np.random.default_rng(0).standard_normal((400, 5)).astype(np.float32)
     out = ref.copy()
-    out[0, 0] += 0.3                                                    # one sample: a flipped activation
+    out[0, 0] += 0.3  # one sample: a flipped activation
     assert compare(ref, out, fmt="onnx", runtime="t", criterion="float", quantized_acts=True).passed
     assert not compare(ref, out, fmt="onnx", runtime="t", criterion="float").passed
-    shifted = ref + 1e-3                                                # every sample off
+    shifted = ref + 1e-3  # every sample off
     v = compare(ref, shifted, fmt="onnx", runtime="t", criterion="float", quantized_acts=True)
     assert not v.passed and v.within_tolerance == 0.0 and v.top1_agreement == 1.0
     assert compare(ref, shifted, fmt="qdq", runtime="t", criterion="int8").passed
@@ -153,19 +158,21 @@ def test_teacher_forced_check_tells_ties_from_wrong_codes():
 
     model = nn.Sequential(nn.Identity(), QuantReLU(4, max_value=1.5), nn.Linear(3, 2)).eval()
     step = 0.1
-    x = torch.tensor([[0.25, 0.73, 1.01], [0.4, 0.05, 0.9]])         # 0.25 = 2.5 steps: a tie
+    x = torch.tensor([[0.25, 0.73, 1.01], [0.4, 0.05, 0.9]])  # 0.25 = 2.5 steps: a tie
 
     def run(flip_at):
         def go(xb):
             acts = model[1](xb).clone()
-            acts[flip_at] += step                                        # the file rounded up there
+            acts[flip_at] += step  # the file rounded up there
             return model[2](acts).numpy(), {"act": acts.numpy()}
+
         return go
 
     ok = forced_check(model, x, run((0, 0)), {"1": "act"}, {})
     assert ok["ties"] == 1 and ok["unexplained"] == 0 and ok["within"] == 1.0 and ok["codes"] == 6
-    bad = forced_check(model, x, run((1, 2)), {"1": "act"}, {})       # 0.9 = 9 steps: no tie
+    bad = forced_check(model, x, run((1, 2)), {"1": "act"}, {})  # 0.9 = 9 steps: no tie
     assert bad["unexplained"] == 1
-    wrong_tail = forced_check(model, x, lambda xb: (model(xb).numpy() + 1e-3, {"act": model[1](xb).numpy()}),
-                              {"1": "act"}, {})
+    wrong_tail = forced_check(
+        model, x, lambda xb: (model(xb).numpy() + 1e-3, {"act": model[1](xb).numpy()}), {"1": "act"}, {}
+    )
     assert wrong_tail["within"] == 0.0 and wrong_tail["unexplained"] == 0

@@ -1,5 +1,6 @@
 """export: every format round-trips an MLP, a CNN and a residual CNN, channel-pruned and quantized
 at several bit widths; the verification numbers are checked, not just printed."""
+
 from __future__ import annotations
 
 import json
@@ -29,31 +30,46 @@ def _digits(shape):
     return x, torch.tensor(d.target)
 
 
-def make_model(name: str, bits: int, *, act_bits: int | None = None, per_channel: bool = True,
-               learned: bool = False, steps: int = 80, seed: int = 0):
+def make_model(
+    name: str,
+    bits: int,
+    *,
+    act_bits: int | None = None,
+    per_channel: bool = True,
+    learned: bool = False,
+    steps: int = 80,
+    seed: int = 0,
+):
     """A channel-pruned (50%), quantized model trained for a few steps on digits; (model, test x).
     Trained on one thread: the same model whatever the machine's core count (the int8 criterion
     allows 3 top-1 differences in 797 samples, and a differently rounded model may have more)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _make_model(name, bits, act_bits=act_bits, per_channel=per_channel, learned=learned,
-                           steps=steps, seed=seed)
+        return _make_model(
+            name, bits, act_bits=act_bits, per_channel=per_channel, learned=learned, steps=steps, seed=seed
+        )
     finally:
         torch.set_num_threads(threads)
 
 
-def _make_model(name: str, bits: int, *, act_bits: int | None, per_channel: bool, learned: bool, steps: int,
-                seed: int):
+def _make_model(name: str, bits: int, *, act_bits: int | None, per_channel: bool, learned: bool, steps: int, seed: int):
     torch.manual_seed(seed)
     shape = (64,) if name == "mlp" else (1, 8, 8)
     x, y = _digits(shape)
     args = {} if name == "mlp" else {"widths": (8, 16)}
     model = build_model(name, input_shape=shape, num_classes=10, **args)
     scale = "learned" if learned else "max"
-    recipe = Recipe(quant={"weight_bits": bits, "act_bits": act_bits or max(bits, 2), "per_channel": per_channel,
-                           "weight_scale": scale, "act_scale": "learned" if learned else "fixed"},
-                    prune={"sparsity": 0.5})
+    recipe = Recipe(
+        quant={
+            "weight_bits": bits,
+            "act_bits": act_bits or max(bits, 2),
+            "per_channel": per_channel,
+            "weight_scale": scale,
+            "act_scale": "learned" if learned else "fixed",
+        },
+        prune={"sparsity": 0.5},
+    )
     attach(model, recipe, sample=x[:1000])
     prune_to(model, 0.5, structure="channels", example_input=x[:64])
     opt = torch.optim.Adam(model.parameters(), 1e-2)
@@ -67,12 +83,19 @@ def _make_model(name: str, bits: int, *, act_bits: int | None, per_channel: bool
     return model.eval(), x[1000:]
 
 
-CASES = [("mlp", 4, True, False), ("mlp", 8, False, False), ("vgg_small", 3, True, False),
-         ("vgg_small", 6, True, True), ("resnet8", 4, True, False), ("resnet8", 2, False, True)]
+CASES = [
+    ("mlp", 4, True, False),
+    ("mlp", 8, False, False),
+    ("vgg_small", 3, True, False),
+    ("vgg_small", 6, True, True),
+    ("resnet8", 4, True, False),
+    ("resnet8", 2, False, True),
+]
 
 
-@pytest.fixture(scope="module", params=CASES, ids=lambda c: f"{c[0]}-{c[1]}bit-{'pc' if c[2] else 'pt'}"
-                                                           f"{'-learned' if c[3] else ''}")
+@pytest.fixture(
+    scope="module", params=CASES, ids=lambda c: f"{c[0]}-{c[1]}bit-{'pc' if c[2] else 'pt'}{'-learned' if c[3] else ''}"
+)
 def trained(request):
     name, bits, per_channel, learned = request.param
     return (name, bits, *make_model(name, bits, per_channel=per_channel, learned=learned))
@@ -87,8 +110,8 @@ def test_round_trip(trained, fmt, tmp_path):
     v = r.verification
     assert v.passed and v.samples == len(x) == 797
     assert v.top1_agreement >= 0.995
-    if fmt in ("onnx", "qonnx"):                        # the same function in float arithmetic
-        a = v.activations                               # teacher-forced at every activation quantizer
+    if fmt in ("onnx", "qonnx"):  # the same function in float arithmetic
+        a = v.activations  # teacher-forced at every activation quantizer
         assert a["within"] == 1.0 and a["forced_max_abs_diff"] <= 1e-5 and a["unexplained"] == 0
         assert a["codes"] > 797 * 64 and a["ties"] <= 2
         assert v.within_tolerance >= 0.99 and np.percentile(np.abs(before), 50) > 1e-3
@@ -97,9 +120,9 @@ def test_round_trip(trained, fmt, tmp_path):
     assert out.is_file() and r.size_bytes == out.stat().st_size
     stored = json.loads((tmp_path / f"model.{fmt}.verify.json").read_text())
     assert stored["verification"]["passed"] and stored["verification"]["top1_agreement"] == v.top1_agreement
-    assert np.array_equal(torch_outputs(model, x), before)         # the model itself is untouched
+    assert np.array_equal(torch_outputs(model, x), before)  # the model itself is untouched
     if fmt != "qap":
-        assert r.removed and sum(r.removed.values()) > 0              # pruned channels are gone
+        assert r.removed and sum(r.removed.values()) > 0  # pruned channels are gone
     assert not list(tmp_path.glob(".*.tmp"))
 
 
@@ -108,8 +131,9 @@ def test_qdq_runs_integer_kernels_with_trained_codes(trained, tmp_path):
     r = export(model, format="qdq", out=tmp_path / "m.qdq.onnx", x=x)
     integer = sum(n for k, n in r.verification.kernels.items() if k in ("QLinearConv", "QGemm"))
     assert integer >= 2
-    assert r.verification.kernels.get("Conv", 0) + r.verification.kernels.get("FusedConv", 0) <= \
-        (4 if name == "resnet8" else 0)                           # only convs feeding a residual add
+    assert r.verification.kernels.get("Conv", 0) + r.verification.kernels.get("FusedConv", 0) <= (
+        4 if name == "resnet8" else 0
+    )  # only convs feeding a residual add
     graph = onnx.load(str(r.path)).graph
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
     codes = [v for k, v in inits.items() if k.endswith("weight_codes")]
@@ -123,7 +147,7 @@ def test_qonnx_carries_bit_widths_and_trained_scales(trained, tmp_path):
     name, bits, model, x = trained
     r = export(model, format="qonnx", out=tmp_path / "m.qonnx.onnx", x=x)
     graph = onnx.load(str(r.path)).graph
-    assert graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1        # FINN/hls4ml: batch 1
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1  # FINN/hls4ml: batch 1
     quants = [n for n in graph.node if n.op_type in ("Quant", "BipolarQuant")]
     assert all(n.domain == "qonnx.custom_op.general" for n in quants)
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
@@ -139,8 +163,8 @@ def test_float_onnx_keeps_activation_quantizers(tmp_path):
     model, x = make_model("vgg_small", 4, steps=10)
     r = export(model, format="onnx", out=tmp_path / "m.onnx", x=x)
     ops = [n.op_type for n in onnx.load(str(r.path)).graph.node]
-    assert ops.count("Round") == 1 + 4 + 1          # input, four conv ReLUs, the hidden Linear's ReLU
-    assert "BatchNormalization" not in ops           # folded
+    assert ops.count("Round") == 1 + 4 + 1  # input, four conv ReLUs, the hidden Linear's ReLU
+    assert "BatchNormalization" not in ops  # folded
     assert r.verification.max_abs_diff < 1e-4
     assert np.allclose(ort_outputs(r.path, x[:7]), torch_outputs(model, x[:7]), atol=1e-5)
 
@@ -164,7 +188,7 @@ def test_binary_weights(tmp_path):
         r = export(model, format=fmt, out=tmp_path / f"m.{fmt}", x=x)
         assert r.verification.passed
     ops = {n.op_type for n in onnx.load(str(tmp_path / "m.qonnx")).graph.node}
-    assert "Quant" in ops                           # pruned binary weights: codes -1, 0, +1
+    assert "Quant" in ops  # pruned binary weights: codes -1, 0, +1
 
 
 def test_unpruned_model_and_no_shrink(tmp_path):
@@ -196,7 +220,7 @@ def test_user_model_with_input_pre_hook(tmp_path):
         r = export(model, format=fmt, out=tmp_path / f"m.{fmt}", x=x)
         assert r.verification.passed and r.verification.top1_agreement == 1.0
     ops = [n.op_type for n in onnx.load(str(tmp_path / "m.qonnx")).graph.node]
-    assert ops[0] == "Quant" and ops.count("Quant") == 2 + 2      # input, ReLU; two weights
+    assert ops[0] == "Quant" and ops.count("Quant") == 2 + 2  # input, ReLU; two weights
 
 
 def test_quantized_biases(tmp_path):

@@ -1,4 +1,5 @@
 """qaprune run with channel pruning, then qaprune shrink: a smaller model with the same outputs."""
+
 from __future__ import annotations
 
 import json
@@ -12,10 +13,17 @@ from qaprune.export.run_shrink import shrink_run
 from qaprune.io import load_tensors
 
 CHANNELS = {
-    "name": "c", "data": {"name": "digits"}, "model": {"name": "mlp", "args": {"hidden": [32, 16]}},
+    "name": "c",
+    "data": {"name": "digits"},
+    "model": {"name": "mlp", "args": {"hidden": [32, 16]}},
     "quant": {"weight_bits": 6, "act_bits": 6},
-    "prune": {"sparsity": 0.5, "rate": 0.25, "structure": "channels", "allocation": "global",
-              "structure_args": {"round_to": 4}},
+    "prune": {
+        "sparsity": 0.5,
+        "rate": 0.25,
+        "structure": "channels",
+        "allocation": "global",
+        "structure_args": {"round_to": 4},
+    },
     "layers": {"fc2": {"structure_args": {"round_to": 8}}},
     "train": {"epochs": 2, "batch_size": 128, "patience": None},
 }
@@ -30,8 +38,8 @@ def run_dir(tmp_path_factory):
 
 def test_channel_run_prunes_whole_groups_and_reloads(run_dir):
     state = load_tensors(run_dir / "model.safetensors")
-    assert any(k.endswith("bias.0.keep") for k in state)          # biases and batch norms masked too
-    _, _, model = runner.load_run(run_dir)                          # rebuilds the channel masks
+    assert any(k.endswith("bias.0.keep") for k in state)  # biases and batch norms masked too
+    _, _, model = runner.load_run(run_dir)  # rebuilds the channel masks
     kept = int((model.fc2.weight.flatten(1) != 0).any(1).sum())
     assert kept % 8 == 0 and kept < 16 or kept == 16 and int((model.fc1.weight != 0).any(1).sum()) < 32
 

@@ -1,4 +1,5 @@
 """shrink: the shrunk model computes what the masked model computes, with fewer channels."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,9 +15,13 @@ from qaprune.prune.groups import channel_groups, mask_channels
 from qaprune.prune.pruner import add_mask, get_mask
 from qaprune.recipe import Recipe
 
-CASES = [("mlp", (16,), "affine"), ("vgg_small", (1, 16, 16), "affine"),
-         ("resnet8", (1, 16, 16), "affine"), ("resnet8", (1, 16, 16), "no_affine"),
-         ("lenet5", (1, 16, 16), "none")]
+CASES = [
+    ("mlp", (16,), "affine"),
+    ("vgg_small", (1, 16, 16), "affine"),
+    ("resnet8", (1, 16, 16), "affine"),
+    ("resnet8", (1, 16, 16), "no_affine"),
+    ("lenet5", (1, 16, 16), "none"),
+]
 
 
 def _params(model: nn.Module) -> int:
@@ -30,12 +35,14 @@ def _macs(model: nn.Module, x: torch.Tensor) -> int:
 def _half_masked(name, shape, batchnorm, x):
     m = build_model(name, input_shape=shape, num_classes=5, batchnorm=batchnorm)
     attach(m, Recipe(quant={"weight_bits": 6, "act_bits": 6}, prune={"sparsity": 0.5}), sample=x)
-    m.train(); m(x)
+    m.train()
+    m(x)
     gen = torch.Generator().manual_seed(1)
     for g in channel_groups(m, x):
         if g.prunable:
             mask_channels(m, g, torch.rand(g.size, generator=gen) < 0.5)
-    m.train(); m(x)
+    m.train()
+    m(x)
     return m.eval()
 
 
@@ -48,7 +55,7 @@ def test_shrunk_equals_masked(name, shape, batchnorm):
     with torch.no_grad():
         assert torch.allclose(r.model(x), m(x), atol=1e-5)
         x2 = torch.randn(3, *shape)
-        assert torch.allclose(r.model(x2), m(x2), atol=1e-5)   # not just on the example
+        assert torch.allclose(r.model(x2), m(x2), atol=1e-5)  # not just on the example
     assert r.max_abs_diff <= 1e-5
     masked = build_model(name, input_shape=shape, num_classes=5, batchnorm=batchnorm)
     assert _params(r.model) < 0.6 * _params(masked)
@@ -56,7 +63,7 @@ def test_shrunk_equals_masked(name, shape, batchnorm):
     assert len(r.removed) >= 3 and all(v > 0 for v in r.removed.values())
     out_layer = [n for n, mod in m.named_modules() if isinstance(mod, nn.Linear)][-1]
     assert "model output" in r.not_shrunk[out_layer]
-    assert get_mask(m.get_submodule(out_layer)) is not None                 # input untouched
+    assert get_mask(m.get_submodule(out_layer)) is not None  # input untouched
 
 
 def test_reports_unstructured_and_dense_layers():
@@ -65,7 +72,7 @@ def test_reports_unstructured_and_dense_layers():
     x = torch.randn(4, 16)
     for layer in (m.fc1, m.fc2):
         add_mask(layer)
-    get_mask(m.fc2).mask.copy_((torch.rand(32, 64) < 0.5).float())     # unstructured
+    get_mask(m.fc2).mask.copy_((torch.rand(32, 64) < 0.5).float())  # unstructured
     mask_channels(m, next(g for g in channel_groups(m, x) if g.root == "fc1"), torch.arange(64) < 40)
     r = shrink(m, x)
     assert r.removed == {"fc1": 24}
@@ -80,7 +87,7 @@ def test_residual_channels_need_zero_in_every_coupled_layer():
     with torch.no_grad():
         m.conv1.weight[:4] = 0
         m.bn1.weight[:4] = 0
-        m.bn1.bias[:4] = 0                          # zero in conv1 but not in layer1.conv2
+        m.bn1.bias[:4] = 0  # zero in conv1 but not in layer1.conv2
     r = shrink(m, x)
     assert "conv1" not in r.removed and "layer1.conv2" in r.not_shrunk["conv1"]
     with torch.no_grad():
@@ -96,7 +103,7 @@ def test_channels_that_are_not_zero_after_the_activation_stay():
     m = nn.Sequential(nn.Linear(8, 16), nn.Sigmoid(), nn.Linear(16, 4)).eval()
     with torch.no_grad():
         m[0].weight[:5] = 0
-        m[0].bias[:5] = 0                           # sigmoid(0) = 0.5 reaches the next layer
+        m[0].bias[:5] = 0  # sigmoid(0) = 0.5 reaches the next layer
     r = shrink(m, torch.randn(4, 8))
     assert r.removed == {} and "non-zero at the input of 2" in r.not_shrunk["0"]
 
@@ -142,7 +149,7 @@ def test_mpd_linear_becomes_block_diagonal():
     assert bd.weight.numel() == 32 * 64 // 4 and "0" not in r.not_shrunk
     with torch.no_grad():
         assert torch.allclose(r.model(x), m(x), atol=1e-5)
-        x3 = torch.randn(2, 3, 64)                                       # leading dims kept
+        x3 = torch.randn(2, 3, 64)  # leading dims kept
         assert torch.allclose(bd(x3), m[0](x3), atol=1e-5)
 
 
@@ -153,10 +160,10 @@ def test_block_pattern_detection():
     assert [len(r) for r in rows] == [4, 4, 4] and [len(c) for c in cols] == [8, 8, 8]
     assert sorted(torch.cat(rows).tolist()) == list(range(12))
     assert sorted(torch.cat(cols).tolist()) == list(range(24))
-    for b, (r, c) in enumerate(zip(rows, cols)):                       # nothing outside the blocks
+    for b, (r, c) in enumerate(zip(rows, cols)):  # nothing outside the blocks
         others = torch.cat([cc for bb, cc in enumerate(cols) if bb != b])
         assert torch.equal(w[r][:, others], torch.zeros(4, 16)) and bool((w[r][:, c] != 0).all())
-    assert block_pattern(torch.randn(12, 24)) is None                     # dense: one block
+    assert block_pattern(torch.randn(12, 24)) is None  # dense: one block
     assert block_pattern(torch.randn(12, 24) * (torch.rand(12, 24) < 0.5)) is None
 
 
@@ -164,7 +171,7 @@ def test_unequal_blocks_and_empty_rows_are_padded():
     lin = nn.Linear(7, 5)
     mask = torch.zeros(5, 7)
     mask[0:2, 0:4] = 1
-    mask[2:4, 4:7] = 1                                                  # row 4 is all zero
+    mask[2:4, 4:7] = 1  # row 4 is all zero
     with torch.no_grad():
         lin.weight.mul_(mask[torch.tensor([3, 0, 4, 1, 2])][:, torch.tensor([6, 1, 0, 5, 2, 4, 3])])
     bd = BlockDiagonalLinear.from_linear(lin, *block_pattern(lin.weight))

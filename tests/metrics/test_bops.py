@@ -1,5 +1,6 @@
 """Tests of qaprune.metrics.bops: the per-layer formula by hand, the 32-bit dense MLP total,
 a quantized + pruned MLP against the formula, and convolutions counted per output position."""
+
 from __future__ import annotations
 
 import math
@@ -28,15 +29,15 @@ def test_layer_bops_hand_computed() -> None:
     assert layer_bops(10, 8, sparsity=0.5, act_bits=4, weight_bits=6) == 2000.0
     # fully pruned: only the accumulation terms remain, 3 · 4 · (2 + 2 + 2) · 9 positions
     assert layer_bops(3, 4, sparsity=1.0, act_bits=2, weight_bits=2, positions=9) == 648.0
-    assert layer_bops(5, 27, sparsity=0.25, act_bits=8, weight_bits=3, positions=64) == \
-        pytest.approx(64 * 5 * 27 * (0.75 * 24 + 11 + math.log2(27)))
+    assert layer_bops(5, 27, sparsity=0.25, act_bits=8, weight_bits=3, positions=64) == pytest.approx(
+        64 * 5 * 27 * (0.75 * 24 + 11 + math.log2(27))
+    )
 
 
 def test_dense_fp32_mlp_total_exact() -> None:
     model = build_model("mlp", input_shape=(16,), num_classes=5)
     layers = profile(model, torch.zeros(2, 16))
-    assert [(p.name, p.m, p.n) for p in layers] == [("fc1", 64, 16), ("fc2", 32, 64),
-                                                     ("fc3", 32, 32), ("fc4", 5, 32)]
+    assert [(p.name, p.m, p.n) for p in layers] == [("fc1", 64, 16), ("fc2", 32, 64), ("fc3", 32, 32), ("fc4", 5, 32)]
     assert [p.bops for p in layers] == [1_118_208.0, 2_240_512.0, 1_119_232.0, 174_880.0]
     assert sum(p.bops for p in layers) == 4_652_832.0
     assert total_bops(layers) == 4_652_832.0
@@ -124,8 +125,7 @@ def test_profile_counts_pruned_zeros() -> None:
 
 
 def test_layer_profile_to_dict() -> None:
-    p = LayerProfile(name="fc", kind="linear", m=4, n=8, positions=1, params=32, nonzero=8,
-                     weight_bits=4, act_bits=8)
+    p = LayerProfile(name="fc", kind="linear", m=4, n=8, positions=1, params=32, nonzero=8, weight_bits=4, act_bits=8)
     d = p.to_dict()
     assert d["sparsity"] == 0.75 and d["macs"] == 32
     assert d["bops"] == pytest.approx(32 * (0.25 * 32 + 12 + 3))

@@ -1,4 +1,5 @@
 """Tests of qaprune.metrics.classification: accuracy, ROC AUC, batched predict, check_finite."""
+
 from __future__ import annotations
 
 import math
@@ -37,8 +38,7 @@ def test_roc_auc_matches_sklearn_macro_ovr() -> None:
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(200, 4, generator=g)
     y = torch.randint(0, 4, (200,), generator=g)
-    expected = roc_auc_score(y.numpy(), torch.softmax(logits.double(), 1).numpy(),
-                             multi_class="ovr", average="macro")
+    expected = roc_auc_score(y.numpy(), torch.softmax(logits.double(), 1).numpy(), multi_class="ovr", average="macro")
     assert roc_auc(logits, y, num_classes=4) == pytest.approx(expected)
 
 

@@ -1,4 +1,5 @@
 """Tests of qaprune.metrics.efficiency: hand-computed η_l, geometric mean, aIQ, conv shapes."""
+
 from __future__ import annotations
 
 import math
@@ -8,8 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from qaprune.metrics.efficiency import (EfficiencyResult, activation_layers, aiq, firing,
-                                        geometric_mean, neural_efficiency)
+from qaprune.metrics.efficiency import (
+    EfficiencyResult,
+    activation_layers,
+    aiq,
+    firing,
+    geometric_mean,
+    neural_efficiency,
+)
 
 SIGNS = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])
 
@@ -54,8 +61,12 @@ def test_two_patterns_three_to_one() -> None:
 
 def test_two_layers_geometric_mean() -> None:
     # layer 1: the 4 patterns (η=1); layer 2: neuron a = h1 - 0.5 fires for half, b always (η=.5)
-    model = nn.Sequential(_linear([[1.0, 0.0], [0.0, 1.0]], [0.0, 0.0]), nn.ReLU(),
-                          _linear([[1.0, 0.0], [0.0, 0.0]], [-0.5, 1.0]), nn.ReLU6())
+    model = nn.Sequential(
+        _linear([[1.0, 0.0], [0.0, 1.0]], [0.0, 0.0]),
+        nn.ReLU(),
+        _linear([[1.0, 0.0], [0.0, 0.0]], [-0.5, 1.0]),
+        nn.ReLU6(),
+    )
     result = neural_efficiency(model, SIGNS)
     assert result.layers == {"1": pytest.approx(1.0), "3": pytest.approx(0.5)}
     assert result.efficiency == pytest.approx(math.sqrt(0.5))
@@ -94,9 +105,8 @@ def test_conv_matches_naive_count_per_position() -> None:
     x = torch.randn(8, 3, 6, 6, generator=g)
     with torch.no_grad():
         out = model(x)
-    fired = (out.permute(0, 2, 3, 1).reshape(-1, 10) > 0)
-    assert neural_efficiency(model, x, batch_size=3).layers["1"] == pytest.approx(
-        _naive_efficiency(fired))
+    fired = out.permute(0, 2, 3, 1).reshape(-1, 10) > 0
+    assert neural_efficiency(model, x, batch_size=3).layers["1"] == pytest.approx(_naive_efficiency(fired))
 
 
 class QuantReLU(nn.Module):
@@ -116,8 +126,9 @@ class QuantInputReLU(QuantReLU):
 
 
 def test_activation_layer_selection() -> None:
-    model = nn.Sequential(QuantInputReLU(), nn.Linear(2, 2), QuantReLU(),
-                          nn.Linear(2, 2), nn.Hardtanh(), nn.Linear(2, 2), nn.Sigmoid())
+    model = nn.Sequential(
+        QuantInputReLU(), nn.Linear(2, 2), QuantReLU(), nn.Linear(2, 2), nn.Hardtanh(), nn.Linear(2, 2), nn.Sigmoid()
+    )
     assert list(activation_layers(model)) == ["2", "4"]  # "2.relu" is inside a counted layer
     assert set(neural_efficiency(model, SIGNS).layers) == {"2", "4"}
 

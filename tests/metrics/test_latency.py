@@ -1,4 +1,5 @@
 """measure_latency: sane numbers from PyTorch eager and ONNX Runtime (no speed claims here)."""
+
 from __future__ import annotations
 
 import pytest
@@ -29,14 +30,14 @@ def test_torch_latency_restores_threads_and_mode():
 
 def test_ort_latency_from_model_and_from_file(tmp_path):
     m = build_model("lenet5", input_shape=(1, 16, 16), num_classes=5)
-    rows = measure_latency(m, (1, 16, 16), batch_sizes=(1, 8), threads=(1,), backend="ort",
-                           repeats=3, warmup=1)
+    rows = measure_latency(m, (1, 16, 16), batch_sizes=(1, 8), threads=(1,), backend="ort", repeats=3, warmup=1)
     _check(rows, "ort")
     assert all(r["export"] == "dynamo" for r in rows)
     path = tmp_path / "m.onnx"
     export_onnx(m, (1, 16, 16), str(path))
-    _check(measure_latency(path, (1, 16, 16), batch_sizes=(1, 8), threads=(1,), backend="ort",
-                           repeats=3, warmup=1), "ort")
+    _check(
+        measure_latency(path, (1, 16, 16), batch_sizes=(1, 8), threads=(1,), backend="ort", repeats=3, warmup=1), "ort"
+    )
 
 
 class _Branchy(nn.Module):
@@ -51,8 +52,7 @@ class _Branchy(nn.Module):
 
 
 def test_ort_export_falls_back_and_says_so():
-    rows = measure_latency(_Branchy(), (4,), batch_sizes=(1,), threads=(1,), backend="ort",
-                           repeats=2, warmup=0)
+    rows = measure_latency(_Branchy(), (4,), batch_sizes=(1,), threads=(1,), backend="ort", repeats=2, warmup=0)
     assert rows[0]["export"].startswith("torchscript (dynamo failed")
     assert rows[0]["median_ms"] > 0
 

@@ -1,6 +1,7 @@
 """Tests of qaprune.metrics.size: the artifact (the ``.qap`` file of qaprune.storage) restores
 the baked weights exactly (4/8/12/32 bits, pruned or not, per-tensor or per-channel), is much
 smaller than fp32 when pruned and quantized, and corrupt files are refused with CheckpointError."""
+
 from __future__ import annotations
 
 import copy
@@ -21,13 +22,15 @@ from qaprune.storage import qap_report
 LAYERS = ("fc1", "fc2", "fc3", "fc4")
 
 
-def _compressed(bits: int, sparsity: float, *, per_channel: bool = False, name: str = "mlp",
-                seed: int = 0) -> torch.nn.Module:
+def _compressed(
+    bits: int, sparsity: float, *, per_channel: bool = False, name: str = "mlp", seed: int = 0
+) -> torch.nn.Module:
     torch.manual_seed(seed)
     model = build_model(name, input_shape=(16,), num_classes=5)
     act = 8 if bits < 32 else 32
-    recipe = Recipe(quant={"weight_bits": bits, "act_bits": act, "per_channel": per_channel},
-                    prune={"sparsity": sparsity})
+    recipe = Recipe(
+        quant={"weight_bits": bits, "act_bits": act, "per_channel": per_channel}, prune={"sparsity": sparsity}
+    )
     sample = torch.randn(64, 16)
     attach(model, recipe, sample=sample)
     if sparsity:
@@ -128,8 +131,9 @@ def test_truncated_file_refused(tmp_path: Path) -> None:
 
 def test_random_bytes_refused(tmp_path: Path) -> None:
     path = tmp_path / "junk.safetensors"
-    path.write_bytes(torch.randint(0, 256, (1000,), generator=torch.Generator().manual_seed(0),
-                                   dtype=torch.uint8).numpy().tobytes())
+    path.write_bytes(
+        torch.randint(0, 256, (1000,), generator=torch.Generator().manual_seed(0), dtype=torch.uint8).numpy().tobytes()
+    )
     with pytest.raises(CheckpointError):
         load_packed(path)
 

@@ -1,5 +1,6 @@
 """Tests of prune_to's allocations across layers: "lamp" (LAMP-normalized scores, one global
 threshold) against "global" and "uniform", with fixed per-layer sparsities and structures."""
+
 from __future__ import annotations
 
 from fractions import Fraction
@@ -9,8 +10,15 @@ import torch
 from torch import nn
 
 from qaprune.errors import RecipeError
-from qaprune.prune.pruner import (ALLOCATIONS, add_mask, current_sparsity, get_mask, latent_weight,
-                                  prunable_layers, prune_to)
+from qaprune.prune.pruner import (
+    ALLOCATIONS,
+    add_mask,
+    current_sparsity,
+    get_mask,
+    latent_weight,
+    prunable_layers,
+    prune_to,
+)
 
 
 def _scaled(a_scale: float = 100.0, b_scale: float = 0.01) -> nn.Sequential:
@@ -63,8 +71,9 @@ def test_lamp_prunes_both_layers(n_pruned: int, expected: tuple[int, int]) -> No
     # within each layer the smallest weights go
     assert _pruned_values(model) == [list(range(1, expected[0] + 1)), list(range(1, expected[1] + 1))]
     # the same split from exact LAMP scores
-    scores = sorted([(s, 0) for s in _lamp_reference(20).values()] +
-                    [(s, 1) for s in _lamp_reference(12).values()])[:n_pruned]
+    scores = sorted([(s, 0) for s in _lamp_reference(20).values()] + [(s, 1) for s in _lamp_reference(12).values()])[
+        :n_pruned
+    ]
     assert tuple(sum(1 for _, layer in scores if layer == i) for i in (0, 1)) == expected
 
 

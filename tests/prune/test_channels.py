@@ -1,4 +1,5 @@
 """Dependency-aware channel pruning: whole groups, any criterion, exact removal by shrink."""
+
 from __future__ import annotations
 
 import pytest
@@ -23,8 +24,9 @@ def _model(name, shape, *, bits=32, layers=None):
     torch.manual_seed(0)
     m = build_model(name, input_shape=shape, num_classes=5)
     x = torch.randn(16, *shape)
-    attach(m, Recipe(quant={"weight_bits": bits, "act_bits": bits}, prune={"sparsity": 0.5},
-                     layers=layers or {}), sample=x)
+    attach(
+        m, Recipe(quant={"weight_bits": bits, "act_bits": bits}, prune={"sparsity": 0.5}, layers=layers or {}), sample=x
+    )
     m.train()
     m(x)  # batch-norm statistics that are not trivial
     return m.eval(), x
@@ -46,7 +48,7 @@ def test_pruned_groups_shrink_exactly(name, shape, bits):
     out_layer = [n for n, mod in m.named_modules() if isinstance(mod, nn.Linear)][-1]
     assert out_layer not in r.removed and "model output" in r.not_shrunk[out_layer]
     for g in (g for g in channel_groups(m, x[:2]) if g.prunable):
-        assert r.removed[g.root] == g.size // 2, g.root   # exactly half of every free group
+        assert r.removed[g.root] == g.size // 2, g.root  # exactly half of every free group
 
 
 def test_mlp_layers_lose_rows_and_the_consumers_columns():
@@ -85,12 +87,20 @@ def _stats(m, x, name):
 @pytest.mark.parametrize("criterion", CRITERIA.names())
 def test_every_criterion_prunes_whole_groups(criterion):
     m, x = _model("vgg_small", (1, 16, 16))
-    prune_to(m, 0.5, criterion=criterion, structure="channels", allocation="global", example_input=x[:2],
-             stats=_stats(m, x, criterion), generator=torch.Generator().manual_seed(0))
+    prune_to(
+        m,
+        0.5,
+        criterion=criterion,
+        structure="channels",
+        allocation="global",
+        example_input=x[:2],
+        stats=_stats(m, x, criterion),
+        generator=torch.Generator().manual_seed(0),
+    )
     free = [g for g in channel_groups(m, x[:2]) if g.prunable]
     kept = sum(int(_out_channels(m.get_submodule(g.root)).sum()) for g in free)
     half = sum(g.size for g in free) // 2
-    assert half <= kept <= half + len(free)   # a group allotted nothing keeps one channel
+    assert half <= kept <= half + len(free)  # a group allotted nothing keeps one channel
     r = shrink(m, x, sparse="never")
     with torch.no_grad():
         assert torch.allclose(r.model(x), m(x), atol=1e-5)
@@ -98,8 +108,7 @@ def test_every_criterion_prunes_whole_groups(criterion):
 
 def test_round_to_keeps_multiples():
     m, x = _model("vgg_small", (1, 16, 16))
-    prune_to(m, 0.4, structure="channels", allocation="uniform", structure_args={"round_to": 8},
-             example_input=x[:2])
+    prune_to(m, 0.4, structure="channels", allocation="uniform", structure_args={"round_to": 8}, example_input=x[:2])
     for g in (g for g in channel_groups(m, x[:2]) if g.prunable):
         kept = int(_out_channels(m.get_submodule(g.root)).sum())
         assert kept % 8 == 0 and kept >= 8, (g.root, kept)
@@ -110,17 +119,18 @@ def test_fixed_and_per_layer_args_and_excluded_layers():
     assert get_mask(m.fc2) is None
     prune_channels(m, 0.5, example_input=x[:2], fixed={"fc1": 0.25}, layer_args={"fc3": {"round_to": 5}})
     assert int(_out_channels(m.fc1).sum()) == 48
-    assert int(_out_channels(m.fc2).sum()) == 32      # excluded: no Mask, untouched
-    assert int(_out_channels(m.fc3).sum()) == 15      # 16 rounded to the nearest multiple of 5
+    assert int(_out_channels(m.fc2).sum()) == 32  # excluded: no Mask, untouched
+    assert int(_out_channels(m.fc3).sum()) == 15  # 16 rounded to the nearest multiple of 5
 
 
 def test_group_scores_read_the_consumers_columns():
     m, x = _model("mlp", (16,))
     with torch.no_grad():
         w = m.fc3.parametrizations.weight.original
-        w.copy_(torch.ones_like(w))                        # every fc3 row alike
+        w.copy_(torch.ones_like(w))  # every fc3 row alike
         c = m.fc4.parametrizations.weight.original
-        c.copy_(torch.ones_like(c)); c[:, 7] = 10.0        # fc4 reads channel 7 strongly
+        c.copy_(torch.ones_like(c))
+        c[:, 7] = 10.0  # fc4 reads channel 7 strongly
     g = next(g for g in channel_groups(m, x[:2]) if g.root == "fc3")
     scores = group_scores(m, g, "magnitude", {})
     assert int(scores.argmax()) == 7
@@ -136,8 +146,10 @@ def test_pruned_channels_stay_pruned():
     assert not (_out_channels(m.fc1) & ~before).any()
 
 
-@pytest.mark.parametrize("args,match", [({"round_to": 0}, "round_to"), ({"reduce": "median"}, "reduce"),
-                                        ({"block": 4}, "unknown structure_args")])
+@pytest.mark.parametrize(
+    "args,match",
+    [({"round_to": 0}, "round_to"), ({"reduce": "median"}, "reduce"), ({"block": 4}, "unknown structure_args")],
+)
 def test_bad_structure_args_name_the_layer(args, match):
     m, x = _model("mlp", (16,))
     with pytest.raises(RecipeError, match=match) as err:

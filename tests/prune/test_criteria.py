@@ -1,5 +1,6 @@
 """Tests of qaprune.prune.criteria: every criterion scores with the weight's shape; magnitude
 and l2 against hand-computed values; random is reproducible with a seeded generator."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,6 +1,7 @@
 """Tests of the data-dependent and filter-geometry criteria (qaprune.prune.criteria) and of
 qaprune.prune.stats: each criterion against hand-computed or brute-force numbers, the clear
 error without stats, collect_stats on an MLP and a CNN, the momentum tracker's EMA."""
+
 from __future__ import annotations
 
 import math
@@ -13,8 +14,14 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from qaprune.errors import RecipeError
-from qaprune.prune.criteria import (CRITERIA, LayerStats, filtersketch_weights, frequent_directions,
-                                    haste_buckets, histogram_entropy)
+from qaprune.prune.criteria import (
+    CRITERIA,
+    LayerStats,
+    filtersketch_weights,
+    frequent_directions,
+    haste_buckets,
+    histogram_entropy,
+)
 from qaprune.prune.pruner import add_mask, get_mask, latent_weight, prune_to
 from qaprune.prune.stats import COLLECTABLE, MomentumTracker, collect_stats, hutchinson_diagonal
 from qaprune.quant.fake_quant import FakeQuant
@@ -32,9 +39,14 @@ def _gen(seed: int = 0) -> torch.Generator:
 def _full_stats(shape: tuple[int, ...], name: str = "layer") -> LayerStats:
     g = _gen(1)
     spatial = (5, 5) if len(shape) == 4 else ()
-    return LayerStats(name=name, grad=torch.randn(shape, generator=g), generator=_gen(2),
-                      activations=torch.randn((8, shape[0], *spatial), generator=g),
-                      hessian=torch.randn(shape, generator=g).abs(), momentum=torch.rand(shape, generator=g))
+    return LayerStats(
+        name=name,
+        grad=torch.randn(shape, generator=g),
+        generator=_gen(2),
+        activations=torch.randn((8, shape[0], *spatial), generator=g),
+        hessian=torch.randn(shape, generator=g).abs(),
+        momentum=torch.rand(shape, generator=g),
+    )
 
 
 def _data_criteria() -> list[str]:
@@ -45,8 +57,15 @@ def _data_criteria() -> list[str]:
 
 
 def test_registry_has_the_new_criteria_with_their_needs() -> None:
-    expected = {"taylor": {"grad"}, "momentum": {"momentum"}, "hap": {"hessian"},
-                "nuclear": {"activations"}, "entropy": {"activations"}, "filtersketch": set(), "haste": set()}
+    expected = {
+        "taylor": {"grad"},
+        "momentum": {"momentum"},
+        "hap": {"hessian"},
+        "nuclear": {"activations"},
+        "entropy": {"activations"},
+        "filtersketch": set(),
+        "haste": set(),
+    }
     for name, needs in expected.items():
         assert CRITERIA.get(name).needs == frozenset(needs)
     for name in CRITERIA.names():  # every criterion declares what it reads, all collectable
@@ -133,7 +152,7 @@ def test_hutchinson_channel_trace_converges_on_a_quadratic_loss() -> None:
     w = torch.randn(3, 4, generator=_gen(0), requires_grad=True)
     g = torch.autograd.grad(_quadratic(w, a), [w], create_graph=True)
     diag = hutchinson_diagonal(g, [w], samples=3000, generator=_gen(6))[0]
-    true_trace = torch.stack([a[4 * c:4 * c + 4, 4 * c:4 * c + 4].trace() for c in range(3)])
+    true_trace = torch.stack([a[4 * c : 4 * c + 4, 4 * c : 4 * c + 4].trace() for c in range(3)])
     assert torch.allclose(diag.sum(1), true_trace, rtol=0.05)
 
 
@@ -148,10 +167,12 @@ def test_collect_stats_hessian_matches_the_exact_hessian_diagonal() -> None:
     torch.manual_seed(1)
     lin = nn.Linear(3, 2)
     x, y = torch.randn(16, 3, generator=_gen(7)), torch.randint(0, 2, (16,), generator=_gen(8))
-    st = collect_stats(lin, x, y, needs={"hessian"}, batch_size=16, batches=1, hutchinson_samples=2000,
-                       generator=_gen(9))
+    st = collect_stats(
+        lin, x, y, needs={"hessian"}, batch_size=16, batches=1, hutchinson_samples=2000, generator=_gen(9)
+    )
     exact = torch.autograd.functional.hessian(
-        lambda w: F.cross_entropy(x @ w.T + lin.bias.detach(), y), lin.weight.detach())
+        lambda w: F.cross_entropy(x @ w.T + lin.bias.detach(), y), lin.weight.detach()
+    )
     assert torch.allclose(st[""].hessian, exact.reshape(6, 6).diagonal().view(2, 3), atol=0.02)
     assert st[""].grad is None  # only what was asked
 
@@ -164,8 +185,7 @@ def test_nuclear_matches_svd_of_each_channels_feature_maps() -> None:
     u, v = torch.tensor([1.0, 2.0, 0.0, 0.0, 0.0, 2.0]), torch.arange(8.0)
     acts[:, 1] = torch.outer(u, v).view(6, 2, 4)  # rank 1: nuclear norm ‖u‖·‖v‖
     scores = CRITERIA.get("nuclear")(torch.ones(3, 5, 3, 3), LayerStats(activations=acts))[:, 0, 0, 0]
-    brute = [np.linalg.svd(acts[:, c].reshape(6, 8).double().numpy(), compute_uv=False).sum()
-             for c in range(3)]
+    brute = [np.linalg.svd(acts[:, c].reshape(6, 8).double().numpy(), compute_uv=False).sum() for c in range(3)]
     assert scores.tolist() == pytest.approx(brute, rel=1e-5)
     assert float(scores[1]) == pytest.approx(3.0 * math.sqrt(140.0), rel=1e-5)
 
@@ -179,8 +199,8 @@ def test_nuclear_of_a_linear_layer_is_the_l2_norm() -> None:
 def test_entropy_constant_is_zero_uniform_is_maximal() -> None:
     bins = 16
     acts = torch.empty(64, 3)
-    acts[:, 0] = 2.5                                      # constant: 0
-    acts[:, 1] = torch.arange(float(bins)).repeat(4)      # 4 per bin: log(bins)
+    acts[:, 0] = 2.5  # constant: 0
+    acts[:, 1] = torch.arange(float(bins)).repeat(4)  # 4 per bin: log(bins)
     acts[:, 2] = torch.randn(64, generator=_gen(0))
     scores = CRITERIA.get("entropy")(torch.ones(3, 2), LayerStats(activations=acts))[:, 0]
     assert scores[0] == 0.0
@@ -205,7 +225,7 @@ def test_frequent_directions_guarantee(n: int, d: int, ell: int) -> None:
     b = frequent_directions(a, ell)
     assert b.shape == (ell, d)
     err = a.T @ a - b.T @ b
-    assert float(torch.linalg.eigvalsh(err).min()) >= -1e-9          # BᵀB ⪯ AᵀA
+    assert float(torch.linalg.eigvalsh(err).min()) >= -1e-9  # BᵀB ⪯ AᵀA
     assert float(torch.linalg.matrix_norm(err, 2)) <= float(a.square().sum()) / ell + 1e-9
 
 
@@ -224,8 +244,9 @@ def test_filtersketch_scores_energy_in_the_sketch_row_space() -> None:
     w2 = torch.randn(8, 3, 3, 3, generator=_gen(0))
     s2 = CRITERIA.get("filtersketch")(w2, LayerStats(extra={"ell": torch.tensor(3)}))
     assert float(s2.min()) >= 0.0 and float(s2.max()) <= 1.0 + 1e-6
-    assert torch.allclose(CRITERIA.get("filtersketch")(w2 * 7.0, LayerStats()),
-                          CRITERIA.get("filtersketch")(w2, LayerStats()), atol=1e-5)
+    assert torch.allclose(
+        CRITERIA.get("filtersketch")(w2 * 7.0, LayerStats()), CRITERIA.get("filtersketch")(w2, LayerStats()), atol=1e-5
+    )
 
 
 def test_filtersketch_weights_keep_the_gram_matrix() -> None:
@@ -243,8 +264,8 @@ def test_filtersketch_weights_keep_the_gram_matrix() -> None:
 
 def _with_duplicates() -> torch.Tensor:
     w = torch.randn(6, 3, 3, 3, generator=_gen(11))
-    w[3] = w[0]          # an exact duplicate
-    w[5] = 2.0 * w[1]    # the same filter, scaled: the same after normalisation
+    w[3] = w[0]  # an exact duplicate
+    w[5] = 2.0 * w[1]  # the same filter, scaled: the same after normalisation
     return w
 
 
@@ -260,12 +281,12 @@ def test_haste_scores_one_representative_per_bucket() -> None:
     w = _with_duplicates()
     scores = CRITERIA.get("haste")(w, LayerStats(generator=_gen(0)))[:, 0, 0, 0]
     norms = w.reshape(6, -1).norm(dim=1)
-    assert float(scores[5]) == pytest.approx(float(norms[5]))       # larger of the scaled pair
+    assert float(scores[5]) == pytest.approx(float(norms[5]))  # larger of the scaled pair
     assert float(scores[1]) < 1e-5 * float(norms[1])
     high = [i for i in (0, 3) if float(scores[i]) == pytest.approx(float(norms[i]))]
-    assert len(high) == 1                                            # exactly one of the twins
+    assert len(high) == 1  # exactly one of the twins
     buckets = haste_buckets(w, 16, _gen(0))
-    assert int((scores > 1e-5 * norms).sum()) == len(buckets)        # one high score per bucket
+    assert int((scores > 1e-5 * norms).sum()) == len(buckets)  # one high score per bucket
 
 
 # --- collect_stats -----------------------------------------------------------------------------
@@ -276,8 +297,15 @@ def _mlp() -> nn.Module:
 
 
 def _cnn() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                         nn.Conv2d(4, 6, 3, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 3 * 3, 3))
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 6, 3, stride=2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(6 * 3 * 3, 3),
+    )
 
 
 @pytest.mark.parametrize("build, x_shape", [(_mlp, (20, 6)), (_cnn, (20, 1, 8, 8))])
@@ -285,8 +313,16 @@ def test_collect_stats_covers_every_layer(build, x_shape: tuple[int, ...]) -> No
     torch.manual_seed(0)
     model = build().train()
     x, y = torch.randn(x_shape, generator=_gen(1)), torch.randint(0, 3, (20,), generator=_gen(2))
-    st = collect_stats(model, x, y, needs={"grad", "hessian", "activations"}, batch_size=8, batches=2,
-                       hutchinson_samples=2, generator=_gen(3))
+    st = collect_stats(
+        model,
+        x,
+        y,
+        needs={"grad", "hessian", "activations"},
+        batch_size=8,
+        batches=2,
+        hutchinson_samples=2,
+        generator=_gen(3),
+    )
     layers = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
     assert list(st) == list(layers)
     for name, mod in layers.items():
@@ -332,8 +368,9 @@ def test_every_criterion_prunes_with_collected_stats() -> None:
         for lin in (model[0], model[3]):
             add_mask(lin)
         fit(model, x, y, x, y, spec=TrainSpec(epochs=1, batch_size=8), on_step=tracker)
-        st = collect_stats(model, x, y, needs=CRITERIA.get(name).needs, batch_size=8, batches=2,
-                           generator=_gen(3), momentum=tracker)
+        st = collect_stats(
+            model, x, y, needs=CRITERIA.get(name).needs, batch_size=8, batches=2, generator=_gen(3), momentum=tracker
+        )
         achieved = prune_to(model, 0.5, criterion=name, stats=st, allocation="uniform")
         assert achieved == {"0": 0.5, "3": 0.5}, name
 

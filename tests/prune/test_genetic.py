@@ -1,4 +1,5 @@
 """Genetic channel selection with knowledge distillation (Hu et al.)."""
+
 from __future__ import annotations
 
 import copy
@@ -10,8 +11,7 @@ from qaprune.compress import attach
 from qaprune.data import load_dataset
 from qaprune.export import shrink
 from qaprune.models import build_model
-from qaprune.prune.genetic import (fitness_value, free_groups, genetic_channels,
-                                   genetic_prune_and_distill)
+from qaprune.prune.genetic import fitness_value, free_groups, genetic_channels, genetic_prune_and_distill
 from qaprune.prune.pruner import get_mask
 from qaprune.recipe import Recipe, TrainSpec
 from qaprune.train import fit
@@ -30,8 +30,14 @@ def trained(digits):
     torch.manual_seed(0)
     m = build_model("mlp", input_shape=digits.input_shape, num_classes=10)
     attach(m, Recipe(prune={"sparsity": 0.5}))
-    fit(m, digits.x_train, digits.y_train, digits.x_val, digits.y_val,
-        spec=TrainSpec(epochs=15, batch_size=64, lr=3e-3, patience=None))
+    fit(
+        m,
+        digits.x_train,
+        digits.y_train,
+        digits.x_val,
+        digits.y_val,
+        spec=TrainSpec(epochs=15, batch_size=64, lr=3e-3, patience=None),
+    )
     return m.eval(), digits
 
 
@@ -77,8 +83,16 @@ def test_every_group_keeps_exactly_its_budget(trained, sparsity):
 
 def test_elitism_keeps_the_best_and_history_is_monotone(trained):
     m0, ds = trained
-    r = genetic_channels(_clone(m0), ds.x_train, ds.y_train, sparsity=0.75,
-                         example_input=ds.x_train[:2], population=10, generations=6, fitness_samples=256)
+    r = genetic_channels(
+        _clone(m0),
+        ds.x_train,
+        ds.y_train,
+        sparsity=0.75,
+        example_input=ds.x_train[:2],
+        population=10,
+        generations=6,
+        fitness_samples=256,
+    )
     assert len(r.fitness_history) == 7
     assert all(b >= a for a, b in zip(r.fitness_history, r.fitness_history[1:]))
     assert r.best_fitness == r.fitness_history[-1] >= r.initial_fitness
@@ -89,8 +103,9 @@ def test_same_seed_same_result(trained):
     m0, ds = trained
 
     def run(seed):
-        return genetic_channels(_clone(m0), ds.x_train, ds.y_train, sparsity=0.5,
-                                example_input=ds.x_train[:2], seed=seed, **FAST)
+        return genetic_channels(
+            _clone(m0), ds.x_train, ds.y_train, sparsity=0.5, example_input=ds.x_train[:2], seed=seed, **FAST
+        )
 
     a, b, c = run(3), run(3), run(4)
     assert a.fitness_history == b.fitness_history
@@ -101,11 +116,15 @@ def test_same_seed_same_result(trained):
 @pytest.mark.parametrize("model", ["mlp", "vgg_small", "plain"])
 def test_hooked_fitness_equals_the_masked_model_which_shrinks_exactly(trained, model):
     m0, ds = trained
-    m = {"mlp": lambda: _clone(m0), "vgg_small": lambda: _vgg(ds),
-         "plain": lambda: build_model("mlp", input_shape=(1, 8, 8), num_classes=10).eval()}[model]()
+    m = {
+        "mlp": lambda: _clone(m0),
+        "vgg_small": lambda: _vgg(ds),
+        "plain": lambda: build_model("mlp", input_shape=(1, 8, 8), num_classes=10).eval(),
+    }[model]()
     x, y = ds.x_train[:200], ds.y_train[:200]
-    r = genetic_channels(m, x, y, sparsity=0.5, example_input=x[:2], population=6, generations=2,
-                         fitness_samples=len(x))
+    r = genetic_channels(
+        m, x, y, sparsity=0.5, example_input=x[:2], population=6, generations=2, fitness_samples=len(x)
+    )
     with torch.no_grad():
         logits = m(x)
     assert fitness_value(logits, y, "ce") == pytest.approx(r.best_fitness, abs=1e-5)
@@ -119,8 +138,18 @@ def test_hooked_fitness_equals_the_masked_model_which_shrinks_exactly(trained, m
 def test_teacher_selects_the_kd_fitness(trained):
     m0, ds = trained
     m, teacher, x, y = _clone(m0), _clone(m0), ds.x_train[:256], ds.y_train[:256]
-    r = genetic_channels(m, x, y, sparsity=0.5, example_input=x[:2], teacher=teacher, population=6,
-                         generations=2, fitness_samples=len(x), temperature=2.0)
+    r = genetic_channels(
+        m,
+        x,
+        y,
+        sparsity=0.5,
+        example_input=x[:2],
+        teacher=teacher,
+        population=6,
+        generations=2,
+        fitness_samples=len(x),
+        temperature=2.0,
+    )
     assert r.fitness == "kd"
     with torch.no_grad():
         logits, target = m(x), teacher(x)
@@ -131,8 +160,9 @@ def test_teacher_selects_the_kd_fitness(trained):
         genetic_channels(m, x, y, sparsity=0.5, example_input=x[:2], fitness="kd")
 
 
-@pytest.mark.parametrize("field,value", [("sparsity", 1.0), ("population", 1), ("elite", 8),
-                                         ("mutation", 1.5), ("fitness", "mse")])
+@pytest.mark.parametrize(
+    "field,value", [("sparsity", 1.0), ("population", 1), ("elite", 8), ("mutation", 1.5), ("fitness", "mse")]
+)
 def test_bad_options_name_the_field(trained, field, value):
     m0, ds = trained
     args = {"sparsity": 0.5, "population": 8, **{field: value}}
@@ -143,8 +173,7 @@ def test_bad_options_name_the_field(trained, field, value):
 def test_distillation_fine_tune_recovers_accuracy(trained):
     m0, ds = trained
     dense, m = _clone(m0), _clone(m0)
-    genetic_channels(m, ds.x_train, ds.y_train, sparsity=0.85, example_input=ds.x_train[:2],
-                     teacher=dense, **FAST)
+    genetic_channels(m, ds.x_train, ds.y_train, sparsity=0.85, example_input=ds.x_train[:2], teacher=dense, **FAST)
     before = _acc(m, ds.x_test, ds.y_test)
     spec = TrainSpec(epochs=8, batch_size=64, lr=3e-3, patience=None, distill={"weight": 0.5})
     fit(m, ds.x_train, ds.y_train, ds.x_val, ds.y_val, spec=spec, teacher=dense)
@@ -156,8 +185,18 @@ def test_distillation_fine_tune_recovers_accuracy(trained):
 def test_helper_runs_selection_then_distillation(trained):
     m0, ds = trained
     m = _clone(m0)
-    g, f = genetic_prune_and_distill(m, ds.x_train, ds.y_train, ds.x_val, ds.y_val, sparsity=0.5,
-                                     example_input=ds.x_train[:2], spec=TrainSpec(epochs=2, patience=None),
-                                     population=4, generations=1, fitness_samples=128)
+    g, f = genetic_prune_and_distill(
+        m,
+        ds.x_train,
+        ds.y_train,
+        ds.x_val,
+        ds.y_val,
+        sparsity=0.5,
+        example_input=ds.x_train[:2],
+        spec=TrainSpec(epochs=2, patience=None),
+        population=4,
+        generations=1,
+        fitness_samples=128,
+    )
     assert g.fitness == "kd" and f.epochs == 2
     assert int((get_mask(m.fc2).mask != 0).any(1).sum()) == 16

@@ -1,4 +1,5 @@
 """Channel groups: which tensors lose channels together, and exact zeroing of removed channels."""
+
 from __future__ import annotations
 
 import pytest
@@ -29,10 +30,10 @@ def test_resnet8_residual_coupling():
     m = build_model("resnet8", input_shape=(1, 16, 16), num_classes=5)
     groups = channel_groups(m, torch.zeros(2, 1, 16, 16))
     producers = {frozenset(g.producers) for g in groups}
-    assert frozenset({"conv1", "layer1.conv2"}) in producers          # identity shortcut
+    assert frozenset({"conv1", "layer1.conv2"}) in producers  # identity shortcut
     assert frozenset({"layer2.shortcut.conv", "layer2.conv2"}) in producers
     assert frozenset({"layer1.conv1"}) in producers
-    assert sum(g.prunable for g in groups) == len(groups) - 1           # all but the classifier
+    assert sum(g.prunable for g in groups) == len(groups) - 1  # all but the classifier
 
 
 def test_flatten_maps_one_channel_to_many_columns():
@@ -48,16 +49,19 @@ def test_mask_channels_zeroes_exactly_through_quantizers_and_training(batchnorm)
     m = build_model("mlp", input_shape=(16,), num_classes=5, batchnorm=batchnorm)
     x = torch.randn(32, 16)
     attach(m, Recipe(quant={"weight_bits": 4, "act_bits": 4}), sample=x)  # FakeQuant, no Mask yet
-    m.train(); m(x)                                                       # non-zero running stats
+    m.train()
+    m(x)  # non-zero running stats
     g = _by_root(channel_groups(m, x))["fc1"]
     keep = torch.arange(64) % 2 == 0
     mask_channels(m, g, keep)
-    assert isinstance(m.fc1.parametrizations.weight[0], Mask)             # first: quant(mask · w)
-    m.train(); m(x); m.eval()
+    assert isinstance(m.fc1.parametrizations.weight[0], Mask)  # first: quant(mask · w)
+    m.train()
+    m(x)
+    m.eval()
     hidden = m.act1(m.bn1(m.fc1(m.input_quant(x))))
     assert torch.equal(hidden[:, ~keep], torch.zeros_like(hidden[:, ~keep]))
     assert torch.equal(zero_channels(m, g), ~keep)
-    assert set(prunable_layers(m)) == {"fc1"}                             # BN is not a prunable layer
+    assert set(prunable_layers(m)) == {"fc1"}  # BN is not a prunable layer
 
 
 def test_mask_channels_checks_its_arguments():

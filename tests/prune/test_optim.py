@@ -2,6 +2,7 @@
 values; HSPG and OBProx-SG recover planted (group-)sparse least-squares solutions with exact
 zeros; λ = 0 is SGD step for step; state_dict round trips; groups_to_masks keeps zeros zero
 through Adam training."""
+
 from __future__ import annotations
 
 import copy
@@ -21,8 +22,9 @@ ZERO_ROWS = [1, 3, 4, 6]
 ZERO_COLS = [0, 2, 5, 7, 8, 11]
 
 
-def _problem(zero_rows: list[int] = (), zero_cols: list[int] = (), d_out: int = D_OUT,
-             seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+def _problem(
+    zero_rows: list[int] = (), zero_cols: list[int] = (), d_out: int = D_OUT, seed: int = 0
+) -> tuple[Tensor, Tensor, Tensor]:
     """Least squares Y = X Wᵀ + 0.1·noise with a planted sparse W (d_out, D_IN)."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(N, D_IN, generator=gen)
@@ -36,8 +38,9 @@ def _loss(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     return 0.5 * (model(x) - y).square().sum(1).mean()
 
 
-def _train(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor, steps: int,
-           seed: int = 2, batch: int = 32) -> None:
+def _train(
+    model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor, steps: int, seed: int = 2, batch: int = 32
+) -> None:
     gen = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         idx = torch.randint(0, N, (batch,), generator=gen)
@@ -53,13 +56,15 @@ def _linear(d_out: int = D_OUT, bias: bool = False) -> nn.Linear:
 
 # -- the proximal operator and the two projection steps, by hand -----------------------------
 
+
 def test_group_soft_threshold_hand_values() -> None:
     x = torch.tensor([[3.0, 4.0], [0.3, 0.4]])
     # rows: norms 5 and 0.5; τ = 1 scales row 0 by 1 − 1/5 and zeroes row 1
     assert torch.allclose(group_soft_threshold(x, 1.0, "rows"), torch.tensor([[2.4, 3.2], [0.0, 0.0]]))
     # columns: norms √9.09 = 3.014963 and √16.16 = 4.019950
-    cols = torch.tensor([[3.0 * (1 - 1 / 3.014963), 4.0 * (1 - 1 / 4.019950)],
-                         [0.3 * (1 - 1 / 3.014963), 0.4 * (1 - 1 / 4.019950)]])
+    cols = torch.tensor(
+        [[3.0 * (1 - 1 / 3.014963), 4.0 * (1 - 1 / 4.019950)], [0.3 * (1 - 1 / 3.014963), 0.4 * (1 - 1 / 4.019950)]]
+    )
     assert torch.allclose(group_soft_threshold(x, 1.0, "columns"), cols, atol=1e-6)
     # all: one group of norm √25.25 = 5.024938; τ above it zeroes everything
     assert torch.allclose(group_soft_threshold(x, 1.0, "all"), x * (1 - 1 / 5.024938), atol=1e-6)
@@ -72,8 +77,8 @@ def test_group_norms_shapes_for_conv_weights() -> None:
     assert group_norms(w, "rows").shape == (4, 1, 1, 1)
     assert group_norms(w, "columns").shape == (1, 3, 1, 1)
     assert group_norms(w, "all").shape == (1, 1, 1, 1)
-    assert torch.allclose(group_norms(w, "rows").flatten(), torch.full((4,), 27 ** 0.5))
-    assert torch.allclose(group_norms(w, "columns").flatten(), torch.full((3,), 36 ** 0.5))
+    assert torch.allclose(group_norms(w, "rows").flatten(), torch.full((4,), 27**0.5))
+    assert torch.allclose(group_norms(w, "columns").flatten(), torch.full((3,), 36**0.5))
 
 
 def _one_step(opt_cls, x: list, grad: list, **kwargs) -> list:
@@ -93,7 +98,7 @@ def test_half_space_step_hand_values() -> None:
     assert _one_step(HSPG, x, grad, lr=0.5, lam=0.2, n_p=0, epsilon=0.95) == [[0.0, 0.0]] * 3
     # the Prox-SG phase does not freeze zero groups: row 2 becomes −0.5·(1, 1) shrunk by 0.1
     prox = _one_step(HSPG, x, grad, lr=0.5, lam=0.2, n_p=1)
-    assert prox[2] == pytest.approx([-0.5 * (1 - 0.1 / 0.5 ** 0.5)] * 2)
+    assert prox[2] == pytest.approx([-0.5 * (1 - 0.1 / 0.5**0.5)] * 2)
 
 
 def test_orthant_step_hand_values() -> None:
@@ -106,6 +111,7 @@ def test_orthant_step_hand_values() -> None:
 
 
 # -- planted sparse problems ----------------------------------------------------------------
+
 
 def test_hspg_recovers_planted_zero_rows() -> None:
     x, y, w_true = _problem(zero_rows=ZERO_ROWS)
@@ -153,11 +159,16 @@ def test_obproxsg_recovers_planted_zeros() -> None:
 
 # -- λ = 0 is SGD; state_dict; options ------------------------------------------------------
 
-@pytest.mark.parametrize("make", [
-    lambda ps: HSPG(ps, lr=0.05, lam=0.0, n_p=3),
-    lambda ps: HSPG(ps, lr=0.05, lam=0.0, n_p=3, momentum=0.9, groups="all"),
-    lambda ps: OBProxSG(ps, lr=0.05, lam=0.0, n_p=2, n_o=2),
-], ids=["hspg", "hspg-momentum", "obproxsg"])
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda ps: HSPG(ps, lr=0.05, lam=0.0, n_p=3),
+        lambda ps: HSPG(ps, lr=0.05, lam=0.0, n_p=3, momentum=0.9, groups="all"),
+        lambda ps: OBProxSG(ps, lr=0.05, lam=0.0, n_p=2, n_o=2),
+    ],
+    ids=["hspg", "hspg-momentum", "obproxsg"],
+)
 def test_lambda_zero_is_sgd_step_for_step(make) -> None:
     x, y, _ = _problem(zero_rows=ZERO_ROWS)
     ours, ref = _linear(bias=True), _linear(bias=True)
@@ -173,10 +184,14 @@ def test_lambda_zero_is_sgd_step_for_step(make) -> None:
         assert torch.equal(ours.weight, ref.weight) and torch.equal(ours.bias, ref.bias)
 
 
-@pytest.mark.parametrize("make", [
-    lambda ps: HSPG(ps, lr=0.05, lam=0.3, n_p=3, momentum=0.9),
-    lambda ps: OBProxSG(ps, lr=0.05, lam=0.3, n_p=2, n_o=2),
-], ids=["hspg", "obproxsg"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda ps: HSPG(ps, lr=0.05, lam=0.3, n_p=3, momentum=0.9),
+        lambda ps: OBProxSG(ps, lr=0.05, lam=0.3, n_p=2, n_o=2),
+    ],
+    ids=["hspg", "obproxsg"],
+)
 def test_state_dict_round_trip(make) -> None:
     x, y, _ = _problem(zero_rows=ZERO_ROWS)
     model = _linear()
@@ -208,22 +223,25 @@ def test_zero_groups_keys_and_closure() -> None:
     assert loss is not None and model[0].weight.grad is None  # closure ran, did not backward
 
 
-@pytest.mark.parametrize("build, field", [
-    (lambda p: HSPG([p], lr=0.1, lam=0.1, groups="diag"), "groups"),
-    (lambda p: HSPG([{"params": [nn.Parameter(p[0])], "groups": "columns"}], lr=0.1, lam=0.1),
-     "columns"),
-    (lambda p: HSPG([p], lr=0.1, lam=-1.0), "lam"),
-    (lambda p: HSPG([p], lr=0.1, lam=0.1, epsilon=1.0), "epsilon"),
-    (lambda p: HSPG([p], lr=0.1, lam=0.1, momentum=1.5), "momentum"),
-    (lambda p: OBProxSG([p], lr=0.1, lam=0.1, n_o=-1), "n_o"),
-    (lambda p: OBProxSG([{"params": [p], "groups": "rows"}], lr=0.1, lam=0.1), "groups"),
-])
+@pytest.mark.parametrize(
+    "build, field",
+    [
+        (lambda p: HSPG([p], lr=0.1, lam=0.1, groups="diag"), "groups"),
+        (lambda p: HSPG([{"params": [nn.Parameter(p[0])], "groups": "columns"}], lr=0.1, lam=0.1), "columns"),
+        (lambda p: HSPG([p], lr=0.1, lam=-1.0), "lam"),
+        (lambda p: HSPG([p], lr=0.1, lam=0.1, epsilon=1.0), "epsilon"),
+        (lambda p: HSPG([p], lr=0.1, lam=0.1, momentum=1.5), "momentum"),
+        (lambda p: OBProxSG([p], lr=0.1, lam=0.1, n_o=-1), "n_o"),
+        (lambda p: OBProxSG([{"params": [p], "groups": "rows"}], lr=0.1, lam=0.1), "groups"),
+    ],
+)
 def test_bad_options_name_the_field(build, field: str) -> None:
     with pytest.raises(RecipeError, match=field):
         build(nn.Parameter(torch.ones(2, 2)))
 
 
 # -- groups_to_masks ------------------------------------------------------------------------
+
 
 def _adam(model: nn.Module, x: Tensor, y: Tensor, steps: int = 100) -> None:
     _train(model, torch.optim.Adam(model.parameters(), lr=0.05), x, y, steps, seed=7)
@@ -232,8 +250,7 @@ def _adam(model: nn.Module, x: Tensor, y: Tensor, steps: int = 100) -> None:
 def test_groups_to_masks_keeps_zero_rows_through_adam() -> None:
     x, y, _ = _problem(zero_rows=ZERO_ROWS)
     model = nn.Sequential(_linear(bias=True))
-    opt = HSPG([{"params": [model[0].weight]}, {"params": [model[0].bias], "lam": 0.0}],
-               lr=0.05, lam=0.05, n_p=100)
+    opt = HSPG([{"params": [model[0].weight]}, {"params": [model[0].bias], "lam": 0.0}], lr=0.05, lam=0.05, n_p=100)
     _train(model, opt, x, y, 300)
     dense_y = x @ torch.randn(D_OUT, D_IN, generator=torch.Generator().manual_seed(4)).T
     unmasked = copy.deepcopy(model)

@@ -1,5 +1,6 @@
 """Tests of qaprune.prune.pruner: Mask, add_mask order, prune_to allocations (global, uniform,
 fixed), monotone masks, current_sparsity, and every criterion × structure combination."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,9 +9,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from qaprune.errors import RecipeError
-from qaprune.prune import CRITERIA, STRUCTURES
-from qaprune.prune.pruner import (Mask, add_mask, current_sparsity, get_mask, latent_weight,
-                                  prunable_layers, prune_to)
+from qaprune.prune import CRITERIA
+from qaprune.prune.pruner import Mask, add_mask, current_sparsity, get_mask, latent_weight, prunable_layers, prune_to
 from qaprune.quant.fake_quant import FakeQuant
 
 
@@ -152,8 +152,14 @@ def test_every_criterion_with_every_structure(criterion: str, structure: str, al
         pytest.skip("needs collected stats: covered by test_criteria_data.py")
     model = _two_layers(seed=5)
     x = torch.randn(4, 5)
-    achieved = prune_to(model, 0.5, criterion=criterion, structure=structure, allocation=allocation,
-                        generator=torch.Generator().manual_seed(0))
+    achieved = prune_to(
+        model,
+        0.5,
+        criterion=criterion,
+        structure=structure,
+        allocation=allocation,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert set(achieved) == {"0", "1"}
     assert current_sparsity(model) == pytest.approx(0.5, abs=1 / 32)
     for name, mod in prunable_layers(model).items():

@@ -1,5 +1,6 @@
 """Tests of qaprune.prune.schedules: iterative (of original / of remaining), cubic (Zhu & Gupta)
 and oneshot values, and the ``steps()`` lists."""
+
 from __future__ import annotations
 
 import pytest

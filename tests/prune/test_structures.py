@@ -1,5 +1,6 @@
 """Tests of qaprune.prune.structures: every structure yields a 0/1 mask of the scores' shape;
 unstructured achieves round(s·n)/n and keeps the largest scores."""
+
 from __future__ import annotations
 
 import pytest

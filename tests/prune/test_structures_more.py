@@ -1,5 +1,6 @@
 """Tests of the structured patterns in qaprune.prune.structures (channels, blocks, nm, mpd,
 periodic): achieved sparsity, the pattern, and errors that name the layer through prune_to."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -15,17 +16,20 @@ from qaprune.prune.structures import STRUCTURES, mpd_permutations
 INF = float("inf")
 CONV = (8, 4, 3, 3)  # (out, in, kh, kw): the (out, in) view is (8, 36)
 ARGS: dict[str, dict] = {
-    "blocks": {"block": [2, 3]}, "nm": {"n": 2, "m": 4}, "mpd": {"k": 4, "seed": 1},
-    "periodic": {"period": 3, "keep": 3}, "channels": {"reduce": "sum"},
+    "blocks": {"block": [2, 3]},
+    "nm": {"n": 2, "m": 4},
+    "mpd": {"k": 4, "seed": 1},
+    "periodic": {"period": 3, "keep": 3},
+    "channels": {"reduce": "sum"},
 }
 # the achieved sparsity on CONV scores for a requested sparsity s > 0
 EXPECTED: dict[str, Callable[[float], float]] = {
     "unstructured": lambda s: round(s * 288) / 288,
-    "channels": lambda s: s,          # s·8 whole channels
-    "blocks": lambda s: s,            # s·48 whole 2×3 tiles
-    "nm": lambda s: 0.5,              # 2:4 whatever s asks
-    "mpd": lambda s: 0.75,            # 1 − 1/k
-    "periodic": lambda s: 6 / 9,      # 1 − keep/(kh·kw)
+    "channels": lambda s: s,  # s·8 whole channels
+    "blocks": lambda s: s,  # s·48 whole 2×3 tiles
+    "nm": lambda s: 0.5,  # 2:4 whatever s asks
+    "mpd": lambda s: 0.75,  # 1 − 1/k
+    "periodic": lambda s: 6 / 9,  # 1 − keep/(kh·kw)
 }
 
 
@@ -243,14 +247,23 @@ class _Net(nn.Module):
             add_mask(lin)
 
 
-@pytest.mark.parametrize("structure,args,match", [
-    ("nm", {"n": 2, "m": 4},
-     r"^prune\.structure nm: layer 'fc1': weight \(16, 30\) has 30 inputs \(dim 1\), not divisible by m=4$"),
-    ("blocks", {"block": [8, 8]},
-     r"^prune\.structure blocks: layer 'fc2': block \[8, 8\] is larger than weight \(4, 16\): 8 > 4 outputs"),
-    ("periodic", {}, r"^prune\.structure periodic: layer 'fc1': weight \(16, 30\) has no kernel dims"),
-    ("channels", {"bogus": 1}, r"^prune\.structure channels: layer 'fc1': .*unexpected keyword argument 'bogus'"),
-])
+@pytest.mark.parametrize(
+    "structure,args,match",
+    [
+        (
+            "nm",
+            {"n": 2, "m": 4},
+            r"^prune\.structure nm: layer 'fc1': weight \(16, 30\) has 30 inputs \(dim 1\), not divisible by m=4$",
+        ),
+        (
+            "blocks",
+            {"block": [8, 8]},
+            r"^prune\.structure blocks: layer 'fc2': block \[8, 8\] is larger than weight \(4, 16\): 8 > 4 outputs",
+        ),
+        ("periodic", {}, r"^prune\.structure periodic: layer 'fc1': weight \(16, 30\) has no kernel dims"),
+        ("channels", {"bogus": 1}, r"^prune\.structure channels: layer 'fc1': .*unexpected keyword argument 'bogus'"),
+    ],
+)
 def test_prune_to_names_the_layer(structure: str, args: dict, match: str) -> None:
     model = _Net()
     with pytest.raises(RecipeError, match=match):
@@ -262,8 +275,7 @@ def test_prune_to_names_the_layer(structure: str, args: dict, match: str) -> Non
 @pytest.mark.parametrize("name", STRUCTURES.names())
 @pytest.mark.parametrize("kind", ["signed", "ties"])
 def test_every_structure_takes_any_scores(name: str, kind: str) -> None:
-    scores = torch.randn(CONV, generator=torch.Generator().manual_seed(8)) if kind == "signed" \
-        else torch.ones(CONV)
+    scores = torch.randn(CONV, generator=torch.Generator().manual_seed(8)) if kind == "signed" else torch.ones(CONV)
     mask = STRUCTURES.get(name)(scores, 0.5, **ARGS.get(name, {}))
     assert set(torch.unique(mask).tolist()) <= {0.0, 1.0}
     if name in EXPECTED:
@@ -294,8 +306,15 @@ GRAIN = {"unstructured": (1, 1), "channels": (36, 72), "blocks": (6, 6)}  # entr
 @pytest.mark.parametrize("criterion", ["magnitude", "l2", "random", "lamp"])
 def test_prune_to_every_structure_on_a_cnn(name: str, criterion: str) -> None:
     model = _cnn()
-    achieved = prune_to(model, 0.5, criterion=criterion, structure=name, allocation="uniform",
-                        structure_args=ARGS.get(name, {}), generator=torch.Generator().manual_seed(0))
+    achieved = prune_to(
+        model,
+        0.5,
+        criterion=criterion,
+        structure=name,
+        allocation="uniform",
+        structure_args=ARGS.get(name, {}),
+        generator=torch.Generator().manual_seed(0),
+    )
     if name in PATTERN:
         assert achieved == {"0": pytest.approx(PATTERN[name]), "1": pytest.approx(PATTERN[name])}
     assert model(torch.randn(2, 4, 7, 7)).shape == (2, 8, 3, 3)

@@ -1,5 +1,6 @@
 """Tests of qaprune.quant.activations: QuantReLU levels, clipping and gradient; QuantInput
 calibration (signed / unsigned), saturation and its scale buffer."""
+
 from __future__ import annotations
 
 import pytest

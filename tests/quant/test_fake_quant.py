@@ -1,6 +1,7 @@
 """Tests of qaprune.quant.fake_quant: quantizer invariants for every supported bit width,
 per-tensor and per-channel, straight-through gradients, Mask → FakeQuant composition, binary
 (1-bit) and ternary (2-bit) weights, and the learned-scale (LSQ) ``LearnedFakeQuant``."""
+
 from __future__ import annotations
 
 import math
@@ -12,8 +13,16 @@ from torch.nn.utils import parametrize
 
 from qaprune.errors import RecipeError
 from qaprune.prune.pruner import Mask
-from qaprune.quant.fake_quant import (ACT_BITS, SUPPORTED_BITS, FakeQuant, LearnedFakeQuant, check_bits,
-                                      find, weight_bits, weight_quantizer)
+from qaprune.quant.fake_quant import (
+    ACT_BITS,
+    SUPPORTED_BITS,
+    FakeQuant,
+    LearnedFakeQuant,
+    check_bits,
+    find,
+    weight_bits,
+    weight_quantizer,
+)
 
 BITS = list(range(2, 17))  # the uniform grids; 1 bit (binary) has tests of its own below
 
@@ -138,14 +147,19 @@ def test_conv_weight_per_channel() -> None:
 def test_bits_outside_range_refused(bits: int) -> None:
     with pytest.raises(RecipeError, match=r"^bits: "):
         FakeQuant(bits)
-    with pytest.raises(RecipeError, match=rf"^weight_bits: {bits} bits is not supported; allowed: 1\.\.16 or 32 \(float\)$"):
+    with pytest.raises(
+        RecipeError, match=rf"^weight_bits: {bits} bits is not supported; allowed: 1\.\.16 or 32 \(float\)$"
+    ):
         check_bits(bits, field="weight_bits")
 
 
 @pytest.mark.parametrize("bits", [0, 1, 17, 33])
 def test_activation_bits_outside_range_refused(bits: int) -> None:
-    with pytest.raises(RecipeError, match=rf"^act_bits: {bits} bits is not supported; allowed: 2\.\.16 or 32 "
-                                          r"\(float\); 1 bit is for weights only$"):
+    with pytest.raises(
+        RecipeError,
+        match=rf"^act_bits: {bits} bits is not supported; allowed: 2\.\.16 or 32 "
+        r"\(float\); 1 bit is for weights only$",
+    ):
         check_bits(bits, field="act_bits", weights=False)
 
 
@@ -165,6 +179,7 @@ def test_weight_bits_of_module() -> None:
 
 
 # --- Mask composed before FakeQuant on a Linear ---------------------------------------------
+
 
 def _masked_quant_linear(bits: int = 4, seed: int = 0) -> tuple[nn.Linear, torch.Tensor]:
     torch.manual_seed(seed)
@@ -210,6 +225,7 @@ def test_adam_keeps_pruned_entries_zero() -> None:
 
 
 # --- 1 bit: binary sign(w) · α, α = mean|w| of the unpruned weights ------------------------------
+
 
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_binary_has_two_values_plus_minus_mean_abs(per_channel: bool) -> None:
@@ -275,6 +291,7 @@ def test_two_bits_keeps_weights_above_half_max() -> None:
 
 # --- learned step size (LSQ) ------------------------------------------------------------------
 
+
 def test_learned_quantizer_is_a_fake_quant() -> None:
     lin = nn.Linear(5, 3)
     fq = weight_quantizer(4, learned=True, weight=lin.weight, per_channel=True)
@@ -282,16 +299,21 @@ def test_learned_quantizer_is_a_fake_quant() -> None:
     assert isinstance(fq, LearnedFakeQuant) and find(lin, "weight", FakeQuant) is fq
     assert weight_bits(lin) == 4 and fq.learned and not FakeQuant(4).learned
     assert any(p is fq.step for p in lin.parameters())
-    assert set(lin.state_dict()) == {"bias", "parametrizations.weight.original",
-                                     "parametrizations.weight.0.step"}  # zero point: not state
+    assert set(lin.state_dict()) == {
+        "bias",
+        "parametrizations.weight.original",
+        "parametrizations.weight.0.step",
+    }  # zero point: not state
 
 
 @pytest.mark.parametrize("per_channel", [False, True])
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])
 def test_learned_init_max_matches_fixed_quantizer(bits: int, per_channel: bool) -> None:
     w = _weight(20 + bits, (5, 30))
-    fixed, learned = FakeQuant(bits, per_channel=per_channel), LearnedFakeQuant(
-        bits, weight=w, per_channel=per_channel, init="max")
+    fixed, learned = (
+        FakeQuant(bits, per_channel=per_channel),
+        LearnedFakeQuant(bits, weight=w, per_channel=per_channel, init="max"),
+    )
     assert learned.scale(w).shape == fixed.scale(w).shape
     assert torch.allclose(learned.scale(w), fixed.scale(w))
     assert torch.allclose(learned(w), fixed(w), atol=1e-6)
@@ -346,8 +368,9 @@ def test_learned_binary_gradients_hand_computed() -> None:
 def test_learned_scale_and_weights_get_gradients_and_train(bits: int, per_channel: bool) -> None:
     torch.manual_seed(bits)
     lin = nn.Linear(12, 6)
-    parametrize.register_parametrization(lin, "weight", LearnedFakeQuant(bits, weight=lin.weight,
-                                                                        per_channel=per_channel))
+    parametrize.register_parametrization(
+        lin, "weight", LearnedFakeQuant(bits, weight=lin.weight, per_channel=per_channel)
+    )
     fq = lin.parametrizations.weight[0]
     x, y = torch.randn(64, 12), torch.randn(64, 6)
     before, latent = fq.step.detach().clone(), lin.parametrizations.weight.original

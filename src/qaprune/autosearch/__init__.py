@@ -13,6 +13,7 @@ Example (a recipe with a ``search:`` section; see ``SearchSpec``)::
 
 Only ``spec`` is imported eagerly (``qaprune.recipe`` needs it); Optuna and torch load on use.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -21,9 +22,11 @@ from typing import Any
 from qaprune.autosearch.spec import SearchSpec
 
 _LAZY = {
-    "search": "qaprune.autosearch.api", "SearchResult": "qaprune.autosearch.api",
+    "search": "qaprune.autosearch.api",
+    "SearchResult": "qaprune.autosearch.api",
     "report_search": "qaprune.autosearch.api",
-    "write_search_report": "qaprune.autosearch.report", "export_recipes": "qaprune.autosearch.report",
+    "write_search_report": "qaprune.autosearch.report",
+    "export_recipes": "qaprune.autosearch.report",
 }
 
 __all__ = ["SearchSpec", *sorted(_LAZY)]

@@ -14,9 +14,9 @@ Example:
     >>> next_point(0.5, 0.9, [(0.9, False)])     # it failed: the midpoint
     0.7
 """
+
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from qaprune.autosearch.objectives import Context, StepReporter, accuracy_floor, feasible, run_trial
@@ -60,8 +60,7 @@ def sparsity_bound(study: Any, storage: Any, ctx: Context, name: str) -> float |
         return float(study.user_attrs[BOUND_ATTR])
     import optuna
 
-    bstudy = open_study(storage, f"{name}/sparsity-bound", ctx.base, directions=["maximize"],
-                        metric_names=[SPARSITY])
+    bstudy = open_study(storage, f"{name}/sparsity-bound", ctx.base, directions=["maximize"], metric_names=[SPARSITY])
     p = spec.space[SPARSITY]
     dist = optuna.distributions.FloatDistribution(float(p.low), float(p.high))
     while True:  # a resumed search replays the finished runs and goes on from there
@@ -72,8 +71,11 @@ def sparsity_bound(study: Any, storage: Any, ctx: Context, name: str) -> float |
         _run_point(bstudy, ctx, s, dist)
     good = [s for s, ok in tested if ok]
     bound = max(good) if good else float(p.low)
-    ctx.log(f"sparsity bound: {bound:.4g} ({len(tested)} runs; "
-            + ("none met the constraints: searching at the low end" if not good else "searching at or below it") + ")")
+    ctx.log(
+        f"sparsity bound: {bound:.4g} ({len(tested)} runs; "
+        + ("none met the constraints: searching at the low end" if not good else "searching at or below it")
+        + ")"
+    )
     study.set_user_attr(BOUND_ATTR, bound)
     return bound
 
@@ -121,6 +123,15 @@ def bound_rows(storage: Any, name: str) -> list[dict]:
         bstudy = optuna.load_study(study_name=f"{name}/sparsity-bound", storage=storage)
     except KeyError:
         return []
-    return [{"number": t.number, "sparsity": t.params.get(SPARSITY), "feasible": t.user_attrs.get("feasible"),
-             "metrics": t.user_attrs.get("metrics", {}), "run_dir": t.user_attrs.get("run_dir"),
-             "state": t.state.name} for t in bstudy.get_trials(deepcopy=False) if t.params]
+    return [
+        {
+            "number": t.number,
+            "sparsity": t.params.get(SPARSITY),
+            "feasible": t.user_attrs.get("feasible"),
+            "metrics": t.user_attrs.get("metrics", {}),
+            "run_dir": t.user_attrs.get("run_dir"),
+            "state": t.state.name,
+        }
+        for t in bstudy.get_trials(deepcopy=False)
+        if t.params
+    ]

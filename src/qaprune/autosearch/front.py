@@ -8,9 +8,10 @@ Example:
     >>> hypervolume([[1.0, 5.0], [2.0, 2.0], [4.0, 1.0]], [5.0, 6.0])
     14.0
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def losses(values: Sequence[float], directions: Sequence[str]) -> list[float]:
@@ -42,7 +43,7 @@ def hypervolume(points: Sequence[Sequence[float]], ref: Sequence[float]) -> floa
     for i, p in enumerate(pts):
         top = pts[i + 1][-1] if i + 1 < len(pts) else ref[-1]
         if top > p[-1]:
-            total += (top - p[-1]) * hypervolume([q[:-1] for q in pts[:i + 1]], ref[:-1])
+            total += (top - p[-1]) * hypervolume([q[:-1] for q in pts[: i + 1]], ref[:-1])
     return total
 
 
@@ -63,7 +64,7 @@ def hypervolume_curve(points: Sequence[Sequence[float]]) -> list[float]:
     ideal, span = normalizer(points)
     scaled = [[(x - i) / s for x, i, s in zip(p, ideal, span)] for p in points]
     ref = [1.1] * len(ideal)
-    return [hypervolume(scaled[:k + 1], ref) for k in range(len(scaled))]
+    return [hypervolume(scaled[: k + 1], ref) for k in range(len(scaled))]
 
 
 def best_so_far(values: Sequence[float], direction: str) -> list[float]:

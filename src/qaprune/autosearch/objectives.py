@@ -12,14 +12,16 @@ Example:
     >>> [(name, round(v, 6)) for name, v in constraint_items({"accuracy": 0.93}, bounds)]
     [('accuracy>=0.94', 0.01)]
 """
+
 from __future__ import annotations
 
 import os
 import re
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from qaprune.autosearch.space import expand_space, suggest, trial_recipe
 from qaprune.autosearch.spec import CURVE_METRIC, LATENCY, LatencySpec, SearchSpec, finite
@@ -59,8 +61,9 @@ def constraint_bounds(spec: SearchSpec, dense: dict[str, float] | None) -> list[
     return out
 
 
-def constraint_items(metrics: dict[str, float] | None, bounds: list[tuple[str, float | None, float | None]]
-                     ) -> list[tuple[str, float]]:
+def constraint_items(
+    metrics: dict[str, float] | None, bounds: list[tuple[str, float | None, float | None]]
+) -> list[tuple[str, float]]:
     """Optuna's convention, one (name, value) per bound: <= 0 is met, > 0 is by how much it is
     missed; a trial without metrics (pruned) misses every bound."""
     out = []
@@ -141,7 +144,9 @@ class StepReporter:
                 raise optuna.TrialPruned(f"step {step}: {CURVE_METRIC} {acc:.4f} (pruner)")
 
 
-def run_trial(ctx: Context, recipe: Recipe, run_dir: Path, *, resume: bool, log: Callable[[str], None]) -> dict[str, float]:
+def run_trial(
+    ctx: Context, recipe: Recipe, run_dir: Path, *, resume: bool, log: Callable[[str], None]
+) -> dict[str, float]:
     """Run one recipe into ``run_dir`` (resuming it when asked); -> its numeric metrics, plus
     ``latency_ms`` when the search measures latency."""
     from qaprune.runner import run
@@ -164,8 +169,15 @@ def measure_run_latency(run_dir: str | Path, spec: LatencySpec, *, data_dir: str
     _, data, model = load_run(run_dir, data_dir=data_dir)
     model = model.cpu().eval()
     plain, _ = fold_batchnorm(shrink(model, data.x_test[:64].cpu()).model)
-    rows = measure_latency(plain, tuple(data.input_shape), batch_sizes=(spec.batch,), threads=(spec.threads,),
-                           backend=spec.backend, warmup=5, repeats=spec.repeats)
+    rows = measure_latency(
+        plain,
+        tuple(data.input_shape),
+        batch_sizes=(spec.batch,),
+        threads=(spec.threads,),
+        backend=spec.backend,
+        warmup=5,
+        repeats=spec.repeats,
+    )
     return float(rows[0]["median_ms"])
 
 
@@ -192,8 +204,11 @@ class TrialObjective:
         trial.set_user_attr("metrics", metrics)
         self.ctx.set_constraints(trial, metrics)
         values = objective_values(metrics, self.ctx.spec)
-        self.ctx.log(f"trial {trial.number}: " + ", ".join(f"{m} {v:.6g}" for m, v in zip(self.ctx.spec.metrics, values))
-                     + ("" if feasible(metrics, self.ctx.bounds) else " (misses a constraint)"))
+        self.ctx.log(
+            f"trial {trial.number}: "
+            + ", ".join(f"{m} {v:.6g}" for m, v in zip(self.ctx.spec.metrics, values))
+            + ("" if feasible(metrics, self.ctx.bounds) else " (misses a constraint)")
+        )
         return values[0] if len(values) == 1 else values
 
     def _run(self, trial: Any, recipe: Recipe, run_dir: Path, *, resume: bool) -> dict[str, float]:

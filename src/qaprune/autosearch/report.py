@@ -7,6 +7,7 @@ Files in the search directory: ``search.html`` (self-contained), ``search_<x>.pn
 ``export_recipes`` writes one ``trial_<n>.yaml`` per Pareto-optimal trial: ``qaprune run`` on
 it reproduces the trial (training is deterministic on a given machine).
 """
+
 from __future__ import annotations
 
 import json
@@ -31,11 +32,19 @@ def trial_rows(study: Any, spec: SearchSpec, bounds: list, space: dict | None = 
     rows, space = [], space or spec.space
     for t in study.get_trials(deepcopy=False):
         metrics = t.user_attrs.get("metrics")
-        rows.append({"number": t.number, "state": t.state.name, "params": decode_params(t.params, space),
-                     "values": list(t.values) if t.values is not None else None, "metrics": metrics or {},
-                     "feasible": t.state.name == "COMPLETE" and feasible(metrics, bounds),
-                     "run_dir": t.user_attrs.get("run_dir"), "same_as": t.user_attrs.get("same_as"),
-                     "retry_of": t.system_attrs.get("failed_trial")})
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "params": decode_params(t.params, space),
+                "values": list(t.values) if t.values is not None else None,
+                "metrics": metrics or {},
+                "feasible": t.state.name == "COMPLETE" and feasible(metrics, bounds),
+                "run_dir": t.user_attrs.get("run_dir"),
+                "same_as": t.user_attrs.get("same_as"),
+                "retry_of": t.system_attrs.get("failed_trial"),
+            }
+        )
     return rows
 
 
@@ -64,11 +73,17 @@ def export_recipes(pareto: list[dict], base: Recipe, out_dir: str | Path) -> lis
 
 
 def _summary(r: dict) -> dict:
-    return {"number": r["number"], "values": r["values"], "params": r["params"], "run_dir": r["run_dir"],
-            "metrics": {k: r["metrics"][k] for k in TABLE_METRICS if k in r["metrics"]}}
+    return {
+        "number": r["number"],
+        "values": r["values"],
+        "params": r["params"],
+        "run_dir": r["run_dir"],
+        "metrics": {k: r["metrics"][k] for k in TABLE_METRICS if k in r["metrics"]},
+    }
 
 
 # ----------------------------------------------------------------------------- plots
+
 
 def _figure(xlabel: str, ylabel: str, title: str) -> tuple[Any, Any]:
     import matplotlib
@@ -96,17 +111,34 @@ def plot_front(rows: list[dict], pareto: list[dict], x: str, path: Path, *, dens
     for ok, style, label in ((True, "o", "feasible trials"), (False, "x", "infeasible trials")):
         sel = [r for r in pts if r["feasible"] == ok]
         if sel:
-            ax.plot([r["metrics"][x] for r in sel], [r["metrics"]["accuracy"] for r in sel], style,
-                    alpha=0.6 if ok else 0.4, color=None if ok else "grey", label=label)
+            ax.plot(
+                [r["metrics"][x] for r in sel],
+                [r["metrics"]["accuracy"] for r in sel],
+                style,
+                alpha=0.6 if ok else 0.4,
+                color=None if ok else "grey",
+                label=label,
+            )
     good = [(r["metrics"][x], r["metrics"]["accuracy"]) for r in pts if r["feasible"]]
     front = [good[i] for i in pareto_front(good)]
     if front:
-        ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="black", linestyle=":",
-                label=f"front (accuracy, {x})")
+        ax.step(
+            [p[0] for p in front],
+            [p[1] for p in front],
+            where="post",
+            color="black",
+            linestyle=":",
+            label=f"front (accuracy, {x})",
+        )
     best = [r for r in pareto if x in r["metrics"] and "accuracy" in r["metrics"]]
     if best:
-        ax.plot([r["metrics"][x] for r in best], [r["metrics"]["accuracy"] for r in best], "*",
-                markersize=12, label="Pareto-optimal (objectives)")
+        ax.plot(
+            [r["metrics"][x] for r in best],
+            [r["metrics"]["accuracy"] for r in best],
+            "*",
+            markersize=12,
+            label="Pareto-optimal (objectives)",
+        )
     _dense_marker(ax, dense, x)
     ax.set_xscale("log")
     ax.legend(fontsize=8)
@@ -141,6 +173,7 @@ def plot_progress(rows: list[dict], spec: SearchSpec, path: Path) -> Path | None
 
 # ----------------------------------------------------------------------------- page
 
+
 def _table_rows(pareto: list[dict], spec: SearchSpec, exported: dict[int, Path]) -> list[dict]:
     out = []
     for r in pareto:
@@ -153,9 +186,18 @@ def _table_rows(pareto: list[dict], spec: SearchSpec, exported: dict[int, Path])
     return out
 
 
-def write_search_report(out: str | Path, study: Any, spec: SearchSpec, bounds: list, *, dense: dict | None = None,
-                        bound: float | None = None, bound_runs: list[dict] | None = None,
-                        exported: dict[int, Path] | None = None, space: dict | None = None) -> Path:
+def write_search_report(
+    out: str | Path,
+    study: Any,
+    spec: SearchSpec,
+    bounds: list,
+    *,
+    dense: dict | None = None,
+    bound: float | None = None,
+    bound_runs: list[dict] | None = None,
+    exported: dict[int, Path] | None = None,
+    space: dict | None = None,
+) -> Path:
     """Write the plots, ``trials.json``, ``pareto.json`` and ``search.html`` into ``out``."""
     from qaprune.report import _columns, _img, _kv_table, _page, _table
 
@@ -169,15 +211,34 @@ def write_search_report(out: str | Path, study: Any, spec: SearchSpec, bounds: l
     progress = plot_progress(rows, spec, out / "search_hypervolume.png")
     table = _table_rows(pareto, spec, exported or {})
     states = {s: sum(r["state"] == s for r in rows) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")}
-    summary = {"study": study.study_name, "objectives": ", ".join(f"{o.metric} ({o.direction})" for o in spec.objectives),
-               "constraints": "; ".join(_bound_text(b) for b in bounds) or "–", "sampler": spec.sampler,
-               "pruner": spec.pruner, "sparsity bound": bound, **{f"trials {k.lower()}": v for k, v in states.items()}}
-    body = ["<h2>Study</h2>", _kv_table(summary),
-            *(_img(p, p.stem) for p in pngs), *([_img(progress, "progress")] if progress else []),
-            f"<h2>Pareto-optimal configurations ({len(pareto)})</h2>", _table(table, _columns(table, []))]
+    summary = {
+        "study": study.study_name,
+        "objectives": ", ".join(f"{o.metric} ({o.direction})" for o in spec.objectives),
+        "constraints": "; ".join(_bound_text(b) for b in bounds) or "–",
+        "sampler": spec.sampler,
+        "pruner": spec.pruner,
+        "sparsity bound": bound,
+        **{f"trials {k.lower()}": v for k, v in states.items()},
+    }
+    body = [
+        "<h2>Study</h2>",
+        _kv_table(summary),
+        *(_img(p, p.stem) for p in pngs),
+        *([_img(progress, "progress")] if progress else []),
+        f"<h2>Pareto-optimal configurations ({len(pareto)})</h2>",
+        _table(table, _columns(table, [])),
+    ]
     if bound_runs:
-        flat = [{"sparsity": b["sparsity"], "feasible": b["feasible"], "state": b["state"],
-                 "accuracy": b["metrics"].get("accuracy"), "run": b["run_dir"]} for b in bound_runs]
+        flat = [
+            {
+                "sparsity": b["sparsity"],
+                "feasible": b["feasible"],
+                "state": b["state"],
+                "accuracy": b["metrics"].get("accuracy"),
+                "run": b["run_dir"],
+            }
+            for b in bound_runs
+        ]
         body += ["<h2>Sparsity bound (bisection runs)</h2>", _table(flat, _columns(flat, []))]
     path = out / "search.html"
     path.write_text(_page(f"search: {study.study_name}", "\n".join(body)), encoding="utf-8")
@@ -186,5 +247,8 @@ def write_search_report(out: str | Path, study: Any, spec: SearchSpec, bounds: l
 
 def _bound_text(b: tuple) -> str:
     metric, low, high = b
-    return " ".join(s for s in (f"{low:.6g} <=" if low is not None else "", metric,
-                                f"<= {high:.6g}" if high is not None else "") if s)
+    return " ".join(
+        s
+        for s in (f"{low:.6g} <=" if low is not None else "", metric, f"<= {high:.6g}" if high is not None else "")
+        if s
+    )

@@ -11,6 +11,7 @@ Example:
     >>> r.quant.weight_bits, r.layers["fc1"].weight_bits, r.search
     (4, 8, None)
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -26,9 +27,11 @@ from qaprune.recipe import SPARSE_OPTIMIZERS, Recipe, apply_overrides
 def spec_of(recipe: Recipe) -> SearchSpec:
     """The recipe's ``search`` section, or a RecipeError saying what to add."""
     if recipe.search is None:
-        raise RecipeError("recipe.search: missing; a search needs a space and objectives, e.g.\n"
-                          "search:\n  space:\n    prune.sparsity: {low: 0.5, high: 0.95}\n"
-                          "    quant.weight_bits: {choices: [2, 4, 8]}\n  objectives: [accuracy, bops]")
+        raise RecipeError(
+            "recipe.search: missing; a search needs a space and objectives, e.g.\n"
+            "search:\n  space:\n    prune.sparsity: {low: 0.5, high: 0.95}\n"
+            "    quant.weight_bits: {choices: [2, 4, 8]}\n  objectives: [accuracy, bops]"
+        )
     return recipe.search
 
 
@@ -66,8 +69,9 @@ def check_space(recipe: Recipe, layer_names: list[str] | None = None) -> None:
             try:
                 trial_recipe(recipe, {key: value})
             except RecipeError as exc:
-                raise RecipeError(f"recipe.search.space.{key}: {value!r} gives an invalid recipe: "
-                                  f"{str(exc).replace(chr(10), '; ')}") from None
+                raise RecipeError(
+                    f"recipe.search.space.{key}: {value!r} gives an invalid recipe: {str(exc).replace(chr(10), '; ')}"
+                ) from None
     varies_model = any(k.startswith("model.") for k in spec.space)
     if layer_names is not None and not varies_model:
         _check_layers(spec.space, layer_names)
@@ -77,10 +81,12 @@ def _check_layers(space: dict[str, ParamSpec], names: list[str]) -> None:
     for key in space:
         if not key.startswith("layers."):
             continue
-        pattern = key[len("layers."):].rsplit(".", 1)[0]
+        pattern = key[len("layers.") :].rsplit(".", 1)[0]
         if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
-            raise RecipeError(f"recipe.search.space.{key}: {pattern!r} matches no weight layer of the model; "
-                              f"layers: {', '.join(names)}")
+            raise RecipeError(
+                f"recipe.search.space.{key}: {pattern!r} matches no weight layer of the model; "
+                f"layers: {', '.join(names)}"
+            )
 
 
 def expand_space(space: dict[str, ParamSpec], layers: list[str] | tuple[str, ...]) -> dict[str, ParamSpec]:
@@ -93,7 +99,7 @@ def expand_space(space: dict[str, ParamSpec], layers: list[str] | tuple[str, ...
     """
     out: dict[str, ParamSpec] = {}
     for key, p in space.items():
-        pattern, field = key[len("layers."):].rsplit(".", 1) if p.per_layer else ("", "")
+        pattern, field = key[len("layers.") :].rsplit(".", 1) if p.per_layer else ("", "")
         names = [f"layers.{n}.{field}" for n in layers if fnmatch.fnmatchcase(n, pattern)] if p.per_layer else [key]
         for name in names:
             if name in out:
@@ -111,8 +117,9 @@ def model_layers(recipe: Recipe, data_dir: str | None = None) -> list[str]:
     from qaprune.runner import load_data
 
     data = load_data(recipe, data_dir, torch.device("cpu"))
-    model = build_model(recipe.model.name, input_shape=data.input_shape, num_classes=data.num_classes,
-                        **recipe.model.args)
+    model = build_model(
+        recipe.model.name, input_shape=data.input_shape, num_classes=data.num_classes, **recipe.model.args
+    )
     return [n for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)]
 
 

@@ -27,6 +27,7 @@ Example:
     >>> [(o.metric, o.direction) for o in spec.objectives], spec.space["prune.sparsity"].kind
     ([('accuracy', 'maximize'), ('bops', 'minimize')], 'float')
 """
+
 from __future__ import annotations
 
 import json
@@ -38,11 +39,22 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 # Every metric a trial can be judged by, and the direction that is better. All but latency_ms
 # come from results.json; latency_ms is measured on the trial's model (``search.latency``).
 METRICS: dict[str, str] = {
-    "accuracy": "maximize", "auc": "maximize", "loss": "minimize",
-    "bops": "minimize", "bops_reduction": "maximize", "size_bytes": "minimize",
-    "compression": "maximize", "params": "minimize", "nonzero_params": "minimize",
-    "sparsity": "maximize", "macs": "minimize", "macs_nonzero": "minimize", "flops": "minimize",
-    "neural_efficiency": "maximize", "aiq": "maximize", "latency_ms": "minimize",
+    "accuracy": "maximize",
+    "auc": "maximize",
+    "loss": "minimize",
+    "bops": "minimize",
+    "bops_reduction": "maximize",
+    "size_bytes": "minimize",
+    "compression": "maximize",
+    "params": "minimize",
+    "nonzero_params": "minimize",
+    "sparsity": "maximize",
+    "macs": "minimize",
+    "macs_nonzero": "minimize",
+    "flops": "minimize",
+    "neural_efficiency": "maximize",
+    "aiq": "maximize",
+    "latency_ms": "minimize",
 }
 LATENCY = "latency_ms"
 SPARSITY = "prune.sparsity"
@@ -208,7 +220,7 @@ class SearchSpec(_Strict):
     sampler: Literal["tpe", "gp", "nsga2", "random"] = "tpe"
     pruner: Literal["none", "median", "hyperband", "threshold"] = "none"
     startup_trials: int | None = None  # tpe/gp: random trials before the model; None: optuna's 10
-    population: int = 20               # nsga2: population size
+    population: int = 20  # nsga2: population size
     seed: int = 0
     sparsity_bound: BoundSpec | None = None
     latency: LatencySpec | None = None
@@ -230,11 +242,15 @@ class SearchSpec(_Strict):
             raise ValueError("empty; declare at least one field, e.g. prune.sparsity: {low: 0.5, high: 0.95}")
         for key in v:
             if "." not in key or key.split(".")[0] in NOT_SEARCHABLE:
-                raise ValueError(f"{key!r} is not searchable; give a recipe field path such as quant.weight_bits, "
-                                 f"prune.sparsity, layers.fc1.weight_bits (not {', '.join(NOT_SEARCHABLE)})")
+                raise ValueError(
+                    f"{key!r} is not searchable; give a recipe field path such as quant.weight_bits, "
+                    f"prune.sparsity, layers.fc1.weight_bits (not {', '.join(NOT_SEARCHABLE)})"
+                )
             if v[key].per_layer and (not key.startswith("layers.") or any(k.startswith("model.") for k in v)):
-                raise ValueError(f"{key}: per_layer needs a key layers.<pattern>.<field> and a fixed model "
-                                 "(the layers are named before the search starts)")
+                raise ValueError(
+                    f"{key}: per_layer needs a key layers.<pattern>.<field> and a fixed model "
+                    "(the layers are named before the search starts)"
+                )
         return v
 
     @model_validator(mode="after")
@@ -268,12 +284,16 @@ def _problems(s: SearchSpec) -> list[str]:
     if len(set(s.metrics)) != len(s.metrics):
         out.append(f"objectives: {s.metrics} names a metric twice")
     if s.pruner in ("median", "hyperband") and s.metrics != [CURVE_METRIC]:
-        out.append(f"pruner: {s.pruner!r} compares each pruning round's {CURVE_METRIC}, so it needs the single "
-                   f"objective {CURVE_METRIC}; objectives are {s.metrics} (use pruner: threshold with an "
-                   f"{CURVE_METRIC} min constraint, or none)")
+        out.append(
+            f"pruner: {s.pruner!r} compares each pruning round's {CURVE_METRIC}, so it needs the single "
+            f"objective {CURVE_METRIC}; objectives are {s.metrics} (use pruner: threshold with an "
+            f"{CURVE_METRIC} min constraint, or none)"
+        )
     if s.pruner == "threshold" and not _accuracy_floor(s):
-        out.append(f"pruner: 'threshold' stops a trial once a round's {CURVE_METRIC} falls below the "
-                   f"{CURVE_METRIC} min constraint; add one, e.g. {{metric: {CURVE_METRIC}, min: 0.9}}")
+        out.append(
+            f"pruner: 'threshold' stops a trial once a round's {CURVE_METRIC} falls below the "
+            f"{CURVE_METRIC} min constraint; add one, e.g. {{metric: {CURVE_METRIC}, min: 0.9}}"
+        )
     if s.sparsity_bound is not None:
         p = s.space.get(SPARSITY)
         if not s.constraints:
@@ -289,8 +309,11 @@ def _accuracy_floor(s: SearchSpec) -> bool:
     return any(c.metric == CURVE_METRIC and c.min is not None for c in s.constraints)
 
 
-_ITEM_MODELS: dict[str, type[BaseModel]] = {"space": ParamSpec, "objectives": ObjectiveSpec,
-                                             "constraints": ConstraintSpec}
+_ITEM_MODELS: dict[str, type[BaseModel]] = {
+    "space": ParamSpec,
+    "objectives": ObjectiveSpec,
+    "constraints": ConstraintSpec,
+}
 
 
 def _one_line(err: dict, model: type[BaseModel]) -> str:

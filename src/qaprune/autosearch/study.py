@@ -11,13 +11,15 @@ Example:
     >>> type(make_sampler(spec, seed=0, constraints=None)).__name__
     'NSGAIISampler'
 """
+
 from __future__ import annotations
 
 import inspect
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from qaprune.autosearch.objectives import SearchError
 from qaprune.autosearch.space import recipe_hash, spec_of
@@ -25,10 +27,12 @@ from qaprune.autosearch.spec import SearchSpec
 from qaprune.recipe import Recipe
 
 HASH_ATTR, RECIPE_ATTR = "qaprune_recipe_sha256", "qaprune_recipe"
-DEFAULT_HEARTBEAT = 20   # seconds between heartbeats of a running trial
-MAX_RETRY = 3            # a trial whose worker keeps dying is given up after this many retries
-DRIVERS = {"postgresql": "psycopg2-binary (pip install psycopg2-binary)",
-           "mysql": "PyMySQL (pip install pymysql) and write the URL as mysql+pymysql://..."}
+DEFAULT_HEARTBEAT = 20  # seconds between heartbeats of a running trial
+MAX_RETRY = 3  # a trial whose worker keeps dying is given up after this many retries
+DRIVERS = {
+    "postgresql": "psycopg2-binary (pip install psycopg2-binary)",
+    "mysql": "PyMySQL (pip install pymysql) and write the URL as mysql+pymysql://...",
+}
 
 
 def storage_url(storage: str | None, out: Path) -> str:
@@ -55,8 +59,9 @@ def open_storage(url: str, *, heartbeat: int | None = DEFAULT_HEARTBEAT) -> Any:
     try:
         parsed = make_url(url)
     except sqlalchemy.exc.ArgumentError:
-        raise SearchError(f"--storage {url!r}: not a database URL; e.g. sqlite:///study.db or "
-                          "postgresql://user:password@host/db") from None
+        raise SearchError(
+            f"--storage {url!r}: not a database URL; e.g. sqlite:///study.db or postgresql://user:password@host/db"
+        ) from None
     kwargs = _engine_kwargs(parsed)
     for attempt in range(3):
         with warnings.catch_warnings():
@@ -90,28 +95,42 @@ def _heartbeat_kwargs(heartbeat: int | None) -> dict[str, Any]:
         return {}
     import optuna
 
-    retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
+    retry = (
+        getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
+    )
     params = inspect.signature(optuna.storages.RDBStorage).parameters
     name = "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in params else "failed_trial_callback"
-    return {"heartbeat_interval": heartbeat, "grace_period": 3 * heartbeat,
-            name: retry(max_retry=MAX_RETRY, inherit_intermediate_values=True)}
+    return {
+        "heartbeat_interval": heartbeat,
+        "grace_period": 3 * heartbeat,
+        name: retry(max_retry=MAX_RETRY, inherit_intermediate_values=True),
+    }
 
 
-def open_study(storage: Any, name: str, recipe: Recipe, *, directions: list[str] | None = None,
-               metric_names: list[str] | None = None) -> Any:
+def open_study(
+    storage: Any,
+    name: str,
+    recipe: Recipe,
+    *,
+    directions: list[str] | None = None,
+    metric_names: list[str] | None = None,
+) -> Any:
     """Create or load study ``name`` (by default with the recipe's objectives); refuse it when
     it was made for another recipe."""
     import optuna
 
     spec = spec_of(recipe)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
-                                directions=directions or spec.directions)
+    study = optuna.create_study(
+        study_name=name, storage=storage, load_if_exists=True, directions=directions or spec.directions
+    )
     digest, attrs = recipe_hash(recipe), study.user_attrs
     if HASH_ATTR not in attrs:
         if study.get_trials(deepcopy=False):
-            raise SearchError(f"study {name!r} holds trials but was not made by qaprune search; "
-                              "choose another --study-name or storage")
+            raise SearchError(
+                f"study {name!r} holds trials but was not made by qaprune search; "
+                "choose another --study-name or storage"
+            )
         study.set_user_attr(HASH_ATTR, digest)
         study.set_user_attr(RECIPE_ATTR, recipe.to_dict())
         with warnings.catch_warnings():
@@ -119,8 +138,10 @@ def open_study(storage: Any, name: str, recipe: Recipe, *, directions: list[str]
             study.set_metric_names(metric_names or spec.metrics)
     elif attrs[HASH_ATTR] != digest:
         diff = differences(attrs.get(RECIPE_ATTR, {}), recipe.to_dict())
-        raise SearchError(f"study {name!r} was made with a different recipe ({', '.join(diff) or 'sha256 differs'}); "
-                          "resume with the same recipe, or choose another --out / --study-name")
+        raise SearchError(
+            f"study {name!r} was made with a different recipe ({', '.join(diff) or 'sha256 differs'}); "
+            "resume with the same recipe, or choose another --out / --study-name"
+        )
     return study
 
 

@@ -12,6 +12,7 @@ may finish, when several workers start the last ones at once.
 ``--workers K`` forks its workers from a fork server that has already imported torch and the
 rest of a trial's modules, so a worker starts in about a second instead of ten.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,22 +21,45 @@ import socket
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from qaprune.autosearch.objectives import Context, SearchError, TrialObjective
 from qaprune.autosearch.space import spec_of
-from qaprune.autosearch.study import (DEFAULT_HEARTBEAT, MAX_RETRY, make_pruner, make_sampler, open_storage,
-                                      open_study, worker_seed)
+from qaprune.autosearch.study import (
+    DEFAULT_HEARTBEAT,
+    MAX_RETRY,
+    make_pruner,
+    make_sampler,
+    open_storage,
+    open_study,
+    worker_seed,
+)
 from qaprune.errors import QapruneError
 from qaprune.recipe import Recipe
 
 # Modules a trial imports on first use; the fork server imports them once for every worker.
-PRELOAD = ("torch", "torch._dynamo", "sklearn.datasets", "sklearn.metrics", "scipy.stats",
-           "matplotlib.figure", "matplotlib.backends.backend_agg", "safetensors.torch", "optuna",
-           "qaprune.runner", "qaprune.storage", "qaprune.report", "qaprune.models", "qaprune.data",
-           "qaprune.metrics.efficiency", "qaprune.metrics.classification", "qaprune.autosearch.workers")
+PRELOAD = (
+    "torch",
+    "torch._dynamo",
+    "sklearn.datasets",
+    "sklearn.metrics",
+    "scipy.stats",
+    "matplotlib.figure",
+    "matplotlib.backends.backend_agg",
+    "safetensors.torch",
+    "optuna",
+    "qaprune.runner",
+    "qaprune.storage",
+    "qaprune.report",
+    "qaprune.models",
+    "qaprune.data",
+    "qaprune.metrics.efficiency",
+    "qaprune.metrics.classification",
+    "qaprune.autosearch.workers",
+)
 # Errors that fail one trial (a bad combination of choices, a diverged run) but not the worker.
 CATCH = (QapruneError, RuntimeError, ValueError, FloatingPointError)
 
@@ -66,8 +90,16 @@ def work(cfg: WorkerConfig, *, log: Callable[[str], None] = print) -> int:
     spec = spec_of(recipe)
     study = open_study(open_storage(cfg.storage, heartbeat=cfg.heartbeat), cfg.study_name, recipe)
     attrs = study.user_attrs
-    ctx = Context(recipe, spec, Path(cfg.out), cfg.data_dir, dense=attrs.get("dense_metrics"),
-                  bound=attrs.get("sparsity_bound"), log=log, layers=cfg.layers)
+    ctx = Context(
+        recipe,
+        spec,
+        Path(cfg.out),
+        cfg.data_dir,
+        dense=attrs.get("dense_metrics"),
+        bound=attrs.get("sparsity_bound"),
+        log=log,
+        layers=cfg.layers,
+    )
     n = len(study.get_trials(deepcopy=False))
     study.sampler = make_sampler(spec, seed=worker_seed(spec.seed, n, cfg.worker), constraints=ctx.constraints)
     study.pruner = make_pruner(spec)
@@ -186,6 +218,7 @@ def alive(pid: Any) -> bool:
 
 def worker_main(cfg: WorkerConfig) -> None:
     """Entry point of a worker process: exit code 0 done, 2 a qaprune error, 130 interrupted."""
+
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 

@@ -7,6 +7,7 @@ Example:
     >>> ds.x_train.dtype, ds.x_train.shape[1:], ds.num_classes
     (torch.float32, torch.Size([1, 8, 8]), 10)
 """
+
 from __future__ import annotations
 
 from qaprune.data.dataset import Dataset, RawData

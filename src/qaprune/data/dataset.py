@@ -1,4 +1,5 @@
 """The two data containers: `RawData` (what a loader reads) and `Dataset` (split, scaled tensors)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -3,6 +3,7 @@ let every later load check a cached file again.
 
 Tests never reach this module's network code: they monkeypatch `download_file` / `fetch_openml_npz`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -101,8 +102,9 @@ def fetch_openml_npz(*, data_id: int, dest: str | Path, cache: str | Path) -> Pa
     from sklearn.datasets import fetch_openml  # heavy: imported only when downloading
 
     try:
-        bunch = fetch_openml(data_id=data_id, data_home=str(cache), as_frame=False,
-                             parser="liac-arff", n_retries=2, delay=1.0)
+        bunch = fetch_openml(
+            data_id=data_id, data_home=str(cache), as_frame=False, parser="liac-arff", n_retries=2, delay=1.0
+        )
     except Exception as exc:  # sklearn raises URLError, HTTPError, OpenMLError, ValueError...
         raise DownloadError(f"OpenML data_id={data_id}: {type(exc).__name__}: {exc}") from exc
     labels = np.asarray(bunch.target).astype(str)
@@ -110,8 +112,13 @@ def fetch_openml_npz(*, data_id: int, dest: str | Path, cache: str | Path) -> Pa
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.part.npz")
-    np.savez(tmp, x=np.asarray(bunch.data, dtype=np.float32), y=y.astype(np.int64).reshape(-1),
-             classes=classes.astype(str), columns=np.asarray(bunch.feature_names, dtype=str))
+    np.savez(
+        tmp,
+        x=np.asarray(bunch.data, dtype=np.float32),
+        y=y.astype(np.int64).reshape(-1),
+        classes=classes.astype(str),
+        columns=np.asarray(bunch.feature_names, dtype=str),
+    )
     os.replace(tmp, dest)
     write_sidecar(dest)
     return dest

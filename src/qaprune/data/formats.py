@@ -2,6 +2,7 @@
 
 Each reader checks what it reads and raises `DataFormatError` naming the file on a bad one.
 """
+
 from __future__ import annotations
 
 import csv
@@ -49,9 +50,7 @@ def read_idx(path: str | Path, *, ndim: int | None = None) -> np.ndarray:
     dtype = np.dtype(_IDX_DTYPES[data[2]])
     expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
     if len(data) != expected:
-        raise DataFormatError(
-            f"{path}: IDX size mismatch: dims {dims} need {expected} bytes, file has {len(data)}"
-        )
+        raise DataFormatError(f"{path}: IDX size mismatch: dims {dims} need {expected} bytes, file has {len(data)}")
     array = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
     return array.astype(dtype.newbyteorder("="))
 
@@ -106,9 +105,7 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
         raise DataFormatError(f"{path}: .npz needs arrays 'x' and 'y' (found: {found})")
     for xk, yk in (("x", "y"), ("x_test", "y_test")):
         if xk in arrays and yk in arrays and len(arrays[xk]) != len(arrays[yk]):
-            raise DataFormatError(
-                f"{path}: {xk} has {len(arrays[xk])} rows but {yk} has {len(arrays[yk])}"
-            )
+            raise DataFormatError(f"{path}: {xk} has {len(arrays[xk])} rows but {yk} has {len(arrays[yk])}")
     return arrays
 
 
@@ -147,8 +144,7 @@ def read_csv_text(text: str, *, label_column: str | None = None, where: str | Pa
     labels = _loadtxt(body, [j], str, where).reshape(-1)
     keep = [i for i in range(len(header)) if i != j]
     x = _loadtxt(body, keep, np.float64, where).astype(np.float32)
-    return Table(x=x, columns=[header[i] for i in keep], labels=np.char.strip(labels),
-                 label_column=label_column)
+    return Table(x=x, columns=[header[i] for i in keep], labels=np.char.strip(labels), label_column=label_column)
 
 
 def _loadtxt(lines: list[str], cols: list[int], dtype: type, path: str | Path) -> np.ndarray:
@@ -221,8 +217,7 @@ def read_arff(path: str | Path, *, label_column: str | None = None) -> Table:
         raise DataFormatError(f"{path}: class value {exc} is not one of {values}") from None
     keep = [i for i in range(len(names)) if i != j]
     x = _loadtxt(data, keep, np.float64, path).astype(np.float32)
-    return Table(x=x, columns=[names[i] for i in keep], labels=labels, label_column=label_column,
-                 classes=list(values))
+    return Table(x=x, columns=[names[i] for i in keep], labels=labels, label_column=label_column, classes=list(values))
 
 
 def read_table(path: str | Path, *, label_column: str | None = None) -> Table:

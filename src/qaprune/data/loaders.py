@@ -4,6 +4,7 @@ A loader only finds and reads files (qaprune.data.resolve, qaprune.data.formats)
 scaling live in qaprune.data.prepare. A user file (.npz / .csv / .arff) goes through
 `load_user_file`.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,7 @@ from qaprune.registry import Registry
 PathLike = str | os.PathLike | None
 DATASETS: Registry[Callable[..., RawData]] = Registry("dataset")
 
-_IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+_IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 def _idx_groups(*extra_train: tuple[str, ...]) -> tuple:
@@ -46,46 +46,83 @@ MNIST_SHA256 = {
     "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
     "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
 }
-MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/",
-                 "https://storage.googleapis.com/cvdf-datasets/mnist/")
+MNIST_MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+)
 FASHION_SHA256 = {
     "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
     "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
     "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
     "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
 }
-FASHION_MIRRORS = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-                   "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/")
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-JETS_FEATURES = ("zlogz", "c1_b0_mmdt", "c1_b1_mmdt", "c1_b2_mmdt", "c2_b1_mmdt", "c2_b2_mmdt",
-                 "d2_b1_mmdt", "d2_b2_mmdt", "d2_a1_b1_mmdt", "d2_a1_b2_mmdt", "m2_b1_mmdt",
-                 "m2_b2_mmdt", "n2_b1_mmdt", "n2_b2_mmdt", "mass_mmdt", "multiplicity")
+FASHION_MIRRORS = (
+    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+)
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
+JETS_FEATURES = (
+    "zlogz",
+    "c1_b0_mmdt",
+    "c1_b1_mmdt",
+    "c1_b2_mmdt",
+    "c2_b1_mmdt",
+    "c2_b2_mmdt",
+    "d2_b1_mmdt",
+    "d2_b2_mmdt",
+    "d2_a1_b1_mmdt",
+    "d2_a1_b2_mmdt",
+    "m2_b1_mmdt",
+    "m2_b2_mmdt",
+    "n2_b1_mmdt",
+    "n2_b2_mmdt",
+    "mass_mmdt",
+    "multiplicity",
+)
 JETS_CLASSES = ["g", "q", "t", "w", "z"]
 JETS_OPENML_ID = 42468
 LETTER_OPENML_ID = 6
 
 MNIST_LAYOUT = Layout(
-    "mnist", ("mnist", "MNIST", "MNIST/raw"), _idx_groups(("train-10k.npz",)), flat=False,
+    "mnist",
+    ("mnist", "MNIST", "MNIST/raw"),
+    _idx_groups(("train-10k.npz",)),
+    flat=False,
     howto="the four IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
     f"t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) from {MNIST_MIRRORS[0]}; "
     "train-10k.npz (x uint8 (N,28,28), y) may stand in for the training files.",
 )
 FASHION_LAYOUT = Layout(
-    "fashion_mnist", ("fashion-mnist", "fashion_mnist", "FashionMNIST", "FashionMNIST/raw"),
-    _idx_groups(), flat=False,
+    "fashion_mnist",
+    ("fashion-mnist", "fashion_mnist", "FashionMNIST", "FashionMNIST/raw"),
+    _idx_groups(),
+    flat=False,
     howto="Debian/Ubuntu: apt install dataset-fashion-mnist (installs /usr/share/datasets/"
     f"fashion-mnist); or the four IDX .gz files from {FASHION_MIRRORS[0]}",
 )
 LETTER_LAYOUT = Layout(
-    "letter", ("uci", "letter"), ((("letter.npz",), ("letter-recognition.data",)),),
+    "letter",
+    ("uci", "letter"),
+    ((("letter.npz",), ("letter-recognition.data",)),),
     howto="letter-recognition.data from https://archive.ics.uci.edu/dataset/59/letter+recognition "
     "or letter.npz (x float32 (20000,16), y int64, classes); online it is fetched from OpenML "
     f"(https://www.openml.org/d/{LETTER_OPENML_ID}).",
 )
 _JETS_NAMES = ("hls4ml_lhc_jets_hlf", "jets")
 JETS_LAYOUT = Layout(
-    "jets", ("jets", "hls4ml"),
+    "jets",
+    ("jets", "hls4ml"),
     (tuple((f"{n}{ext}",) for ext in (".npz", ".arff", ".arff.gz", ".csv") for n in _JETS_NAMES),),
     howto="download the ARFF file of the hls4ml LHC jet dataset from OpenML "
     f"(https://www.openml.org/d/{JETS_OPENML_ID}) and save it as jets/hls4ml_lhc_jets_hlf.arff "
@@ -109,8 +146,9 @@ def digits(*, path: PathLike = None, data_dir: PathLike = None) -> RawData:
         bunch = load_digits()
         x, y, source = bunch.images, bunch.target, "sklearn.datasets.load_digits"
     y, _ = encode_labels(y, where=source)
-    return RawData(x=x.astype(np.float32), y=y, kind="image", classes=[str(i) for i in range(10)],
-                   value_max=16.0, source=source)
+    return RawData(
+        x=x.astype(np.float32), y=y, kind="image", classes=[str(i) for i in range(10)], value_max=16.0, source=source
+    )
 
 
 def _fetch_idx(folder: Path, *, sha256: dict[str, str], mirrors: tuple[str, ...]) -> None:
@@ -134,8 +172,16 @@ def _idx_raw(found: Found, *, classes: list[str]) -> RawData:
     x_test, y_test = read_idx_pair(*test)
     if x.shape[1:] != x_test.shape[1:]:
         raise DataFormatError(f"{found.folder}: train images {x.shape[1:]} but test images {x_test.shape[1:]}")
-    return RawData(x=x, y=y.astype(np.int64), kind="image", classes=classes, x_test=x_test,
-                   y_test=y_test.astype(np.int64), value_max=255.0, source=str(found.folder))
+    return RawData(
+        x=x,
+        y=y.astype(np.int64),
+        kind="image",
+        classes=classes,
+        x_test=x_test,
+        y_test=y_test.astype(np.int64),
+        value_max=255.0,
+        source=str(found.folder),
+    )
 
 
 @DATASETS.register("mnist")
@@ -228,8 +274,13 @@ def jets(*, path: PathLike = None, data_dir: PathLike = None) -> RawData:
         y, names = (table.labels, table.classes) if table.classes else encode_labels(table.labels, where=str(p))
         names = names or JETS_CLASSES  # integer labels: taken to be in the order g, q, t, w, z
     x = _select_columns(x, columns, JETS_FEATURES, where=p)
-    return RawData(x=x.astype(np.float32), y=_recode(y, names, JETS_CLASSES, where=p),
-                   kind="tabular", classes=list(JETS_CLASSES), source=str(p))
+    return RawData(
+        x=x.astype(np.float32),
+        y=_recode(y, names, JETS_CLASSES, where=p),
+        kind="tabular",
+        classes=list(JETS_CLASSES),
+        source=str(p),
+    )
 
 
 def _select_columns(x: np.ndarray, columns: list[str], wanted: tuple[str, ...], *, where) -> np.ndarray:
@@ -279,8 +330,16 @@ def load_user_file(path: str | os.PathLike, *, label_column: str | None = None) 
     if x.ndim not in (2, 3, 4):
         raise DataFormatError(f"{p}: x must be (N, F), (N, H, W) or (N, C, H, W), got {x.shape}")
     value_max = 255.0 if x.dtype == np.uint8 else None
-    return RawData(x=x, y=y, kind="tabular" if x.ndim == 2 else "image", classes=classes,
-                   x_test=x_test, y_test=y_test, value_max=value_max, source=str(p))
+    return RawData(
+        x=x,
+        y=y,
+        kind="tabular" if x.ndim == 2 else "image",
+        classes=classes,
+        x_test=x_test,
+        y_test=y_test,
+        value_max=value_max,
+        source=str(p),
+    )
 
 
 def _labels_by_classes(labels: np.ndarray, classes: list[str] | None, *, where) -> np.ndarray:

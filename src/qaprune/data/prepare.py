@@ -1,4 +1,5 @@
 """`load_dataset`: raw loader -> seeded split -> scaling fitted on train -> float32 / int64 tensors."""
+
 from __future__ import annotations
 
 import os
@@ -50,8 +51,7 @@ def load_dataset(
         if x_official.shape[1:] != x.shape[1:]:
             raise DataFormatError(f"{raw.source}: test samples {x_official.shape[1:]} but train {x.shape[1:]}")
     n_official = None if x_official is None else len(x_official)
-    i_tr, i_va, i_te = split_indices(len(x), train=train, val=val, test=test, seed=seed,
-                                     n_official_test=n_official)
+    i_tr, i_va, i_te = split_indices(len(x), train=train, val=val, test=test, seed=seed, n_official_test=n_official)
     method = resolve_scale(scale, kind=raw.kind)
     shift, factor = fit_scaling(x[i_tr], method=method, value_max=raw.value_max)
     x_te, y_te = (x, raw.y) if x_official is None else (x_official, raw.y_test)
@@ -62,9 +62,17 @@ def load_dataset(
 
     (xa, ya), (xb, yb), (xc, yc) = tensors(x, raw.y, i_tr), tensors(x, raw.y, i_va), tensors(x_te, y_te, i_te)
     return Dataset(
-        name=str(name), x_train=xa, y_train=ya, x_val=xb, y_val=yb,
-        x_test=xc, y_test=yc, num_classes=_num_classes(raw), input_shape=tuple(x.shape[1:]),
-        classes=raw.classes, source=raw.source,
+        name=str(name),
+        x_train=xa,
+        y_train=ya,
+        x_val=xb,
+        y_val=yb,
+        x_test=xc,
+        y_test=yc,
+        num_classes=_num_classes(raw),
+        input_shape=tuple(x.shape[1:]),
+        classes=raw.classes,
+        source=raw.source,
         scaling={"method": method, "shift": torch.from_numpy(shift), "scale": torch.from_numpy(factor)},
     )
 
@@ -86,16 +94,13 @@ def load_raw(
     try:
         DATASETS.get(name)
     except UnknownNameError as exc:
-        raise UnknownNameError(
-            f"{exc}; or a path to a data file ({', '.join(USER_SUFFIXES)})"
-        ) from None
+        raise UnknownNameError(f"{exc}; or a path to a data file ({', '.join(USER_SUFFIXES)})") from None
     raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _looks_like_file(name: str | os.PathLike) -> bool:
     text = str(name)
-    return (text.lower().endswith(USER_SUFFIXES) or os.sep in text or "/" in text
-            or Path(text).expanduser().is_file())
+    return text.lower().endswith(USER_SUFFIXES) or os.sep in text or "/" in text or Path(text).expanduser().is_file()
 
 
 def _model_layout(x: np.ndarray, kind: str) -> np.ndarray:

@@ -10,6 +10,7 @@
 
 Inside each folder a dataset sits in one of its sub-folders (`mnist/`, ...) or directly in it.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,7 +35,8 @@ class Layout:
     """How one dataset's files are named and where they sit inside a data folder.
 
     subdirs: sub-folders tried in each data folder, in order; with `flat`, the folder itself too
-    (off for MNIST / Fashion-MNIST, whose file names are the same: no silent mix-up). groups: each group is one needed part (e.g. the training set); its alternatives are tried
+    (off for MNIST / Fashion-MNIST, whose file names are the same: no silent mix-up). groups: each
+    group is one needed part (e.g. the training set); its alternatives are tried
     in order (full IDX files before the 10k npz subset). howto: how a user gets the files.
     """
 
@@ -166,7 +168,8 @@ def not_found_message(layout: Layout, looked: list[str], download: str) -> str:
     lines.append(f"How to get it: {layout.howto}")
     lines.append(
         f"Then pass data_dir=DIR (CLI: --data-dir DIR) or set {ENV_DATA}=DIR, with the files in "
-        f"DIR/{layout.subdirs[0]}/" + (" or directly in DIR" if layout.flat else "")
+        f"DIR/{layout.subdirs[0]}/"
+        + (" or directly in DIR" if layout.flat else "")
         + "; or pass path= to a file or folder."
     )
     return "\n".join(lines)

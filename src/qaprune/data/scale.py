@@ -1,4 +1,5 @@
 """Feature scaling fitted on the training split only, then applied to every split."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +10,7 @@ SCALES = ("auto", "standard", "minmax", "unit", "none")
 
 
 def resolve_scale(scale: str, *, kind: str) -> str:
-    """"auto" -> "standard" for tabular data, "unit" for images; checks the name."""
+    """ "auto" -> "standard" for tabular data, "unit" for images; checks the name."""
     if scale not in SCALES:
         raise RecipeError(f"data.scale: {scale!r} is not one of {', '.join(SCALES)}")
     if scale == "auto":
@@ -17,9 +18,7 @@ def resolve_scale(scale: str, *, kind: str) -> str:
     return scale
 
 
-def fit_scaling(
-    x_train: np.ndarray, *, method: str, value_max: float | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+def fit_scaling(x_train: np.ndarray, *, method: str, value_max: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(shift, scale) so that x' = (x - shift) / scale, from the training split only.
 
     x_train: (N, F) tabular or (N, C, H, W) images. Statistics are per feature for tabular

@@ -1,4 +1,5 @@
 """Seeded train / val / test splits: sizes as fractions (0..1) or absolute counts, validated."""
+
 from __future__ import annotations
 
 import math
@@ -22,9 +23,7 @@ def _count(field: str, value: Size, n: int, where: str) -> int:
             raise RecipeError(f"data.{field}: {value} samples requested but only {n} in the {where}")
         return int(value)
     if math.isnan(value) or not 0.0 <= value <= 1.0:
-        raise RecipeError(
-            f"data.{field}: {value} is not a fraction in [0, 1] (an int means a sample count)"
-        )
+        raise RecipeError(f"data.{field}: {value} is not a fraction in [0, 1] (an int means a sample count)")
     return int(round(value * n))
 
 
@@ -43,9 +42,7 @@ def split_counts(n: int, *, train: Size, val: Size, test: Size, where: str = "da
     if isinstance(val, float):  # rounding two fractions must not overshoot
         n_val = min(n_val, n - n_test)
     if n_val + n_test > n:
-        raise RecipeError(
-            f"data.val + data.test: {n_val + n_test} samples requested but only {n} in the {where}"
-        )
+        raise RecipeError(f"data.val + data.test: {n_val + n_test} samples requested but only {n} in the {where}")
     left = n - n_val - n_test
     n_train = left if train is None else _count("train", train, n, where)
     if isinstance(train, float):
@@ -56,8 +53,7 @@ def split_counts(n: int, *, train: Size, val: Size, test: Size, where: str = "da
             f"after data.val ({n_val}) and data.test ({n_test})"
         )
     if n_train == 0:
-        raise RecipeError(f"data.train: no training samples ({n} in the {where}, "
-                          f"data.val {n_val}, data.test {n_test})")
+        raise RecipeError(f"data.train: no training samples ({n} in the {where}, data.val {n_val}, data.test {n_test})")
     return n_train, n_val, n_test
 
 

@@ -5,16 +5,29 @@
 imported, Python binds the package to that name, so the package itself is callable and calls
 ``qaprune.export.api.export``.
 """
+
 import sys
 import types
 
 from qaprune.export.shrink import BlockDiagonalLinear, ShrinkResult, SparseLinear, shrink
 
-__all__ = ["shrink", "ShrinkResult", "BlockDiagonalLinear", "SparseLinear", "export", "ExportResult",
-           "FORMATS", "VerificationError"]
+__all__ = [
+    "shrink",
+    "ShrinkResult",
+    "BlockDiagonalLinear",
+    "SparseLinear",
+    "export",
+    "ExportResult",
+    "FORMATS",
+    "VerificationError",
+]
 
-_LAZY = {"export": "qaprune.export.api", "ExportResult": "qaprune.export.api", "FORMATS": "qaprune.export.api",
-         "VerificationError": "qaprune.export.verify"}
+_LAZY = {
+    "export": "qaprune.export.api",
+    "ExportResult": "qaprune.export.api",
+    "FORMATS": "qaprune.export.api",
+    "VerificationError": "qaprune.export.verify",
+}
 
 
 def __getattr__(name: str):

@@ -5,13 +5,15 @@ compares it with the fake-quantized PyTorch model (see ``export.verify``). The f
 under a temporary name and renamed only when the verification passes, so a failed export leaves
 nothing behind; the verification is stored beside it as ``<file>.verify.json``.
 """
+
 from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -22,9 +24,11 @@ from qaprune.export.verify import Verification, VerificationError
 
 FORMATS = ("onnx", "qdq", "qonnx", "qap")
 SUFFIXES = {"onnx": ".onnx", "qdq": ".qdq.onnx", "qonnx": ".qonnx.onnx", "qap": ".qap"}
-_INSTEAD = {"qdq": "--format qonnx (any bit width) or --format onnx (float)",
-            "qonnx": "--format onnx (float, any operation torch.onnx.export handles) or --format qap",
-            "onnx": "--format qap"}
+_INSTEAD = {
+    "qdq": "--format qonnx (any bit width) or --format onnx (float)",
+    "qonnx": "--format onnx (float, any operation torch.onnx.export handles) or --format qap",
+    "onnx": "--format qap",
+}
 
 
 @dataclass
@@ -43,15 +47,31 @@ class ExportResult:
     hls4ml: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"file": self.path.name, "format": self.format, "size_bytes": self.size_bytes,
-               "exported_with": self.how, "verification": self.verification.to_dict(), "layers": self.layers,
-               "removed_channels": self.removed, "not_shrunk": self.not_shrunk}
+        out = {
+            "file": self.path.name,
+            "format": self.format,
+            "size_bytes": self.size_bytes,
+            "exported_with": self.how,
+            "verification": self.verification.to_dict(),
+            "layers": self.layers,
+            "removed_channels": self.removed,
+            "not_shrunk": self.not_shrunk,
+        }
         return out if self.hls4ml is None else {**out, "hls4ml": self.hls4ml}
 
 
-def export(target: str | Path | nn.Module, *, format: str = "onnx", out: str | Path | None = None,
-           x: Tensor | None = None, data_dir: str | None = None, samples: int = 1024, shrink: bool = True,
-           int4: bool = False, hls4ml: bool = False) -> ExportResult:
+def export(
+    target: str | Path | nn.Module,
+    *,
+    format: str = "onnx",
+    out: str | Path | None = None,
+    x: Tensor | None = None,
+    data_dir: str | None = None,
+    samples: int = 1024,
+    shrink: bool = True,
+    int4: bool = False,
+    hls4ml: bool = False,
+) -> ExportResult:
     """Export a run directory (or a model with held-out inputs ``x``) and verify the file.
 
     format: "onnx" (baked float, pruned channels removed, activation quantizers as float ops),
@@ -88,8 +108,10 @@ def export(target: str | Path | nn.Module, *, format: str = "onnx", out: str | P
         info = _write(format, model, x, tmp, shrink=shrink, int4=int4)
         check = _verify(format, model, x, tmp, skeleton, info.pop("act_keep", None))
         if not check.passed:
-            raise VerificationError(f"{format}: the exported file does not compute what the PyTorch model "
-                                    f"computes: {check.summary()}; nothing was written")
+            raise VerificationError(
+                f"{format}: the exported file does not compute what the PyTorch model "
+                f"computes: {check.summary()}; nothing was written"
+            )
         size = tmp.stat().st_size
         os.replace(tmp, path)
     finally:
@@ -105,8 +127,9 @@ def export(target: str | Path | nn.Module, *, format: str = "onnx", out: str | P
     return result
 
 
-def _source(target, x: Tensor | None, data_dir: str | None, samples: int
-            ) -> tuple[nn.Module, Tensor, Path | None, Callable[[], nn.Module]]:
+def _source(
+    target, x: Tensor | None, data_dir: str | None, samples: int
+) -> tuple[nn.Module, Tensor, Path | None, Callable[[], nn.Module]]:
     """(model in eval mode on the CPU, verification inputs, default output stem, a fresh model of
     the same architecture for loading a .qap into)."""
     if isinstance(target, nn.Module):
@@ -172,12 +195,12 @@ def _float(low, tmp: Path) -> dict[str, Any]:
         onnx.save(proto, str(tmp))
         return {"how": "qaprune lowering, opset 17", "layers": layers}
     except Unsupported as exc:  # anything torch.onnx can export
-        return {"how": f"torch.onnx.export: {torch_onnx(low, str(tmp))} (qaprune lowering: {exc})",
-                "act_keep": None}
+        return {"how": f"torch.onnx.export: {torch_onnx(low, str(tmp))} (qaprune lowering: {exc})", "act_keep": None}
 
 
-def _verify(fmt: str, model: nn.Module, x: Tensor, tmp: Path, skeleton: Callable[[], nn.Module],
-            keep: dict[str, Tensor] | None) -> Verification:
+def _verify(
+    fmt: str, model: nn.Module, x: Tensor, tmp: Path, skeleton: Callable[[], nn.Module], keep: dict[str, Tensor] | None
+) -> Verification:
     from qaprune.export import verify as v
 
     reference = v.torch_outputs(model, x)
@@ -186,8 +209,9 @@ def _verify(fmt: str, model: nn.Module, x: Tensor, tmp: Path, skeleton: Callable
         from qaprune.storage import load_qap_into
 
         loaded = load_qap_into(skeleton().cpu(), tmp)
-        return v.compare(reference, v.torch_outputs(loaded, x), fmt=fmt, runtime="qaprune load_qap_into (PyTorch)",
-                         criterion="float")  # the same kernels on the same values: no tie can differ
+        return v.compare(
+            reference, v.torch_outputs(loaded, x), fmt=fmt, runtime="qaprune load_qap_into (PyTorch)", criterion="float"
+        )  # the same kernels on the same values: no tie can differ
     if fmt == "qonnx":
         from importlib.metadata import version
 
@@ -199,8 +223,15 @@ def _verify(fmt: str, model: nn.Module, x: Tensor, tmp: Path, skeleton: Callable
     taps = v.taps_of(tmp) if quantized and fmt != "qdq" and keep is not None else {}
     forced = v.forced_check(model, x, values(tmp, list(taps.values())), taps, keep) if taps else None
     exported = v.ort_outputs(tmp, x) if fmt != "qonnx" else values(tmp, [])(x)[0]
-    check = v.compare(reference, exported, fmt=fmt, runtime=runtime, criterion="int8" if fmt == "qdq" else "float",
-                      quantized_acts=quantized, forced=forced)
+    check = v.compare(
+        reference,
+        exported,
+        fmt=fmt,
+        runtime=runtime,
+        criterion="int8" if fmt == "qdq" else "float",
+        quantized_acts=quantized,
+        forced=forced,
+    )
     if fmt != "qonnx":
         check.kernels = v.ort_kernels(tmp)
     return check

@@ -3,6 +3,7 @@
 The deployment form of a model: ONNX Runtime does this itself; for PyTorch eager it removes one
 pass over every feature map. The outputs stay the same up to float rounding.
 """
+
 from __future__ import annotations
 
 import copy
@@ -11,8 +12,12 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-_PAIRS = ((nn.Conv1d, nn.BatchNorm1d), (nn.Conv2d, nn.BatchNorm2d), (nn.Conv3d, nn.BatchNorm3d),
-          (nn.Linear, nn.BatchNorm1d))
+_PAIRS = (
+    (nn.Conv1d, nn.BatchNorm1d),
+    (nn.Conv2d, nn.BatchNorm2d),
+    (nn.Conv3d, nn.BatchNorm3d),
+    (nn.Linear, nn.BatchNorm1d),
+)
 
 
 def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, list[str]]:
@@ -29,7 +34,7 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, list[str]]:
     model = copy.deepcopy(model).eval()
     try:
         graph = fx.symbolic_trace(model)
-    except Exception:  # noqa: BLE001 - dynamic control flow: leave the model as it is
+    except Exception:
         return model, []
     modules, folded = dict(graph.named_modules()), []
     for node in list(graph.graph.nodes):
@@ -52,8 +57,7 @@ def _foldable(node: fx.Node, prev, modules: dict[str, nn.Module]) -> bool:
     if not isinstance(prev, fx.Node) or prev.op != "call_module" or len(prev.users) != 1:
         return False
     bn, layer = modules.get(node.target), modules.get(prev.target)
-    return any(type(layer) is a and type(bn) is b for a, b in _PAIRS) and bn.track_running_stats \
-        and _plain(layer)
+    return any(type(layer) is a and type(bn) is b for a, b in _PAIRS) and bn.track_running_stats and _plain(layer)
 
 
 def _plain(layer: nn.Module) -> bool:

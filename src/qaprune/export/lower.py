@@ -5,6 +5,7 @@ it with torch.fx (shapes propagated) and records, per layer, the integer grid of
 weight quantizer: bits and scale, per tensor or per output channel, as the quantizer computes
 it, never recalibrated. ``act_grid`` reads an activation quantizer's step and code range.
 """
+
 from __future__ import annotations
 
 import copy
@@ -52,8 +53,11 @@ class WeightGrid:
         q = torch.round(w / s)
         off = float(((q * s - w).abs() / s).max()) if w.numel() else 0.0
         if off > 1e-3 or (q.numel() and float(q.abs().max()) > self.qmax):
-            raise Unsupported(layer, f"its {self.bits}-bit weights are not on the grid of their quantizer "
-                                     f"(off by {off:.2g} steps); was the model changed after training?")
+            raise Unsupported(
+                layer,
+                f"its {self.bits}-bit weights are not on the grid of their quantizer "
+                f"(off by {off:.2g} steps); was the model changed after training?",
+            )
         return q
 
 
@@ -112,7 +116,7 @@ def lower(model: nn.Module, x: Tensor, *, shrink: bool = True) -> Lowered:
     if shrink:
         try:
             res = shrink_model(baked, x, sparse="never", block_diagonal=False)
-        except Exception as exc:  # noqa: BLE001 - an architecture the dependency graph cannot handle
+        except Exception as exc:
             low.not_shrunk = {"(model)": f"shrink failed, exported unshrunk: {type(exc).__name__}: {exc}"[:300]}
         else:
             low.model, low.removed, low.not_shrunk = res.model.eval(), res.removed, res.not_shrunk
@@ -120,8 +124,9 @@ def lower(model: nn.Module, x: Tensor, *, shrink: bool = True) -> Lowered:
             low.act_keep = _act_channels(low.model, baked, x)
     low.graph = _trace(low.model, x)
     quant = getattr(low.model, "input_quant", None)
-    if isinstance(quant, QuantInput) and not any(n.op == "call_module" and n.target == "input_quant"
-                                                 for n in low.graph.graph.nodes):
+    if isinstance(quant, QuantInput) and not any(
+        n.op == "call_module" and n.target == "input_quant" for n in low.graph.graph.nodes
+    ):
         low.input_quant = "input_quant"
     return low
 
@@ -152,8 +157,11 @@ def _grids(model: nn.Module, tensor: str) -> dict[str, WeightGrid]:
 def _remap_channels(low: Lowered, before: nn.Module, x: Tensor) -> None:
     """Per-channel scales of layers that lost output channels: keep the rows of the channels that
     remain, found by matching each layer's outputs before and after shrinking (in order)."""
-    names = [n for n, g in low.weights.items() if g.per_channel and
-             low.model.get_submodule(n).weight.shape[0] < g.scale.shape[0]]
+    names = [
+        n
+        for n, g in low.weights.items()
+        if g.per_channel and low.model.get_submodule(n).weight.shape[0] < g.scale.shape[0]
+    ]
     if not names:
         return
     a, b = _channels(low.model, x, names), _channels(before, x, names)
@@ -170,8 +178,11 @@ def _act_channels(after: nn.Module, before: nn.Module, x: Tensor) -> dict[str, T
     names = [n for n, m in after.named_modules() if isinstance(m, ACT_QUANTS)]
     a, b = _channels(after, x, names, inputs=True), _channels(before, x, names, inputs=True)
     try:
-        return {n: torch.tensor(_match_rows(a[n], b[n], n)) for n in names
-                if n in a and n in b and a[n].shape[0] < b[n].shape[0]}
+        return {
+            n: torch.tensor(_match_rows(a[n], b[n], n))
+            for n in names
+            if n in a and n in b and a[n].shape[0] < b[n].shape[0]
+        }
     except Unsupported:
         return None
 
@@ -190,8 +201,10 @@ def _channels(model: nn.Module, x: Tensor, names: list[str], *, inputs: bool = F
         return lambda _m, _a, out: keep(name, out)
 
     mods = [model.get_submodule(n) for n in names]
-    hooks = [m.register_forward_pre_hook(grab(n)) if inputs else m.register_forward_hook(grab(n))
-             for n, m in zip(names, mods)]
+    hooks = [
+        m.register_forward_pre_hook(grab(n)) if inputs else m.register_forward_hook(grab(n))
+        for n, m in zip(names, mods)
+    ]
     try:
         with unrounded(model):  # no rounding tie can make the two models' channels differ
             model(x)
@@ -208,8 +221,9 @@ def _match_rows(after: Tensor, before: Tensor, name: str) -> list[int]:
         while i < before.shape[0] and float(((after[j] - before[i]).abs() <= tol).float().mean()) < 0.99:
             i += 1
         if i == before.shape[0]:
-            raise Unsupported(name, "its output channels after shrinking match none of the original ones "
-                                    "(export with shrink=False)")
+            raise Unsupported(
+                name, "its output channels after shrinking match none of the original ones (export with shrink=False)"
+            )
         rows.append(i)
         i += 1
     return rows
@@ -219,8 +233,7 @@ class _Tracer(fx.Tracer):
     """Activation quantizers and modules without children are leaves: their type decides."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, ACT_QUANTS) or not any(True for _ in m.children()) or \
-            super().is_leaf_module(m, qualname)
+        return isinstance(m, ACT_QUANTS) or not any(True for _ in m.children()) or super().is_leaf_module(m, qualname)
 
 
 def _trace(model: nn.Module, x: Tensor) -> fx.GraphModule:
@@ -228,7 +241,7 @@ def _trace(model: nn.Module, x: Tensor) -> fx.GraphModule:
 
     try:
         graph = _Tracer().trace(model)
-    except Exception as exc:  # noqa: BLE001 - dynamic control flow and the like
+    except Exception as exc:
         raise Unsupported(type(model).__name__, f"torch.fx cannot trace the model ({exc})") from None
     gm = fx.GraphModule(model, graph)
     with torch.no_grad():

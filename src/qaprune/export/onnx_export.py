@@ -14,6 +14,7 @@ values but at a rounding tie, which the verification allows). Models the lowerin
 are exported with ``torch.onnx.export`` (dynamo) instead. The TorchScript exporter is not a fallback here: it drops
 the in-place rounding of the activation quantizers and silently exports a different function.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,10 +28,19 @@ import torch.nn.functional as F
 from onnx import ModelProto, TensorProto, helper, numpy_helper
 from torch import Tensor, fx, nn
 
-from qaprune.export.lower import (ACT_QUANTS, ALIASES, BATCHNORMS, WEIGHT_LAYERS, ActGrid, Lowered, Unsupported,
-                                  WeightGrid, act_grid, fused)
+from qaprune.export.lower import (
+    ACT_QUANTS,
+    ALIASES,
+    BATCHNORMS,
+    WEIGHT_LAYERS,
+    ActGrid,
+    Lowered,
+    Unsupported,
+    WeightGrid,
+    act_grid,
+    fused,
+)
 from qaprune.quant.activations import QuantReLU
-
 
 TAPS_KEY = "qaprune.activation_quantizers"  # model property: JSON, quantizer module → its output value
 
@@ -68,8 +78,11 @@ class GraphBuilder:
 
     def op(self, op_type: str, inputs: list[str], base: str, *, domain: str = "", **attrs) -> str:
         out = self.name(base)
-        self.nodes.append(helper.make_node(op_type, inputs, [out], name=self.name(f"{base}.{op_type}"),
-                                           domain=domain or None, **attrs))
+        self.nodes.append(
+            helper.make_node(
+                op_type, inputs, [out], name=self.name(f"{base}.{op_type}"), domain=domain or None, **attrs
+            )
+        )
         return out
 
 
@@ -138,10 +151,12 @@ class _Walk:
             raise Unsupported("output", "the model returns its input")
         self._rename(self.values[out], "output")
         inp = next(n for n in self.low.graph.graph.nodes if n.op == "placeholder")
-        graph = helper.make_graph(self.b.nodes, name, [self._info("input", inp)], [self._info("output", out)],
-                                  self.b.inits)
-        opsets = [helper.make_opsetid("", self.em.opset)] + [helper.make_opsetid(d, v) for d, v in
-                                                             self.em.domains.items()]
+        graph = helper.make_graph(
+            self.b.nodes, name, [self._info("input", inp)], [self._info("output", out)], self.b.inits
+        )
+        opsets = [helper.make_opsetid("", self.em.opset)] + [
+            helper.make_opsetid(d, v) for d, v in self.em.domains.items()
+        ]
         model = helper.make_model(graph, opset_imports=opsets, producer_name="qaprune")
         model.ir_version = 10 if self.em.opset >= 21 else 8
         helper.set_model_props(model, {TAPS_KEY: json.dumps(self.taps, separators=(",", ":"))})
@@ -216,8 +231,11 @@ class _Walk:
         if bn is not None and not bn.track_running_stats:
             bn_node = bn = None
         reader = self._only_user(bn_node or node, ACT_QUANTS)
-        y_grid = None if reader is None else act_grid(self.low.graph.get_submodule(reader.target),
-                                                      self._numel(bn_node or node))
+        y_grid = (
+            None
+            if reader is None
+            else act_grid(self.low.graph.get_submodule(reader.target), self._numel(bn_node or node))
+        )
         site = Site(name, mod, bn, self.low.weights.get(name), self.low.biases.get(name), self.grids.get(x), y_grid)
         w, bias = self.em.params(self.b, site)
         inputs = [x, w] + ([bias] if bias else [])
@@ -233,8 +251,11 @@ class _Walk:
 
     def _only_user(self, node: fx.Node, kinds: tuple) -> fx.Node | None:
         users = list(node.users)
-        if len(users) == 1 and users[0].op == "call_module" and \
-                isinstance(self.low.graph.get_submodule(users[0].target), kinds):
+        if (
+            len(users) == 1
+            and users[0].op == "call_module"
+            and isinstance(self.low.graph.get_submodule(users[0].target), kinds)
+        ):
             return users[0]
         return None
 
@@ -244,8 +265,15 @@ class _Walk:
         c = mod.num_features
         gamma = mod.weight.detach() if mod.weight is not None else torch.ones(c)
         beta = mod.bias.detach() if mod.bias is not None else torch.zeros(c)
-        ins = [self.b.const(f"{name}.{k}", v.float()) for k, v in (
-            ("weight", gamma), ("bias", beta), ("running_mean", mod.running_mean), ("running_var", mod.running_var))]
+        ins = [
+            self.b.const(f"{name}.{k}", v.float())
+            for k, v in (
+                ("weight", gamma),
+                ("bias", beta),
+                ("running_mean", mod.running_mean),
+                ("running_var", mod.running_var),
+            )
+        ]
         return self.b.op("BatchNormalization", [x, *ins], name, epsilon=float(mod.eps))
 
     def _relu(self, x: str, name: str, top: float | None) -> str:
@@ -282,10 +310,12 @@ class _Walk:
             if getattr(mod, "divisor_override", None):
                 raise Unsupported(name, "average pooling with divisor_override")
             d = len(node.args[0].meta["tensor_meta"].shape) - 2
-            return self.b.op("AveragePool", [x], name, **_pool_attrs(mod, d),
-                             count_include_pad=int(mod.count_include_pad))
-        if isinstance(mod, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)) and \
-                all(s == 1 for s in node.meta["tensor_meta"].shape[2:]):
+            return self.b.op(
+                "AveragePool", [x], name, **_pool_attrs(mod, d), count_include_pad=int(mod.count_include_pad)
+            )
+        if isinstance(mod, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)) and all(
+            s == 1 for s in node.meta["tensor_meta"].shape[2:]
+        ):
             return self.b.op("GlobalAveragePool", [x], name)
         raise Unsupported(name, f"{type(mod).__name__} has no ONNX lowering here")
 
@@ -293,8 +323,12 @@ class _Walk:
     def _call_function(self, node: fx.Node) -> None:
         fn, where = node.target, self._where(node)
         if fn in (operator.add, torch.add) and len(node.args) == 2 and not node.kwargs:
-            a, c = (self._in(node, i) if isinstance(node.args[i], fx.Node) else
-                    self.b.scalar(f"{node.name}.c", float(node.args[i])) for i in (0, 1))
+            a, c = (
+                self._in(node, i)
+                if isinstance(node.args[i], fx.Node)
+                else self.b.scalar(f"{node.name}.c", float(node.args[i]))
+                for i in (0, 1)
+            )
             self.values[node] = self.b.op("Add", [a, c], node.name)
         elif fn in (torch.relu, F.relu) and not node.kwargs.get("inplace", False) and len(node.args) == 1:
             self.values[node] = self._relu(self._in(node), node.name, None)
@@ -346,8 +380,7 @@ def _conv_attrs(mod: nn.Module, name: str) -> dict:
 def _pool_attrs(mod: nn.Module, d: int) -> dict:
     k = _tuple(mod.kernel_size, d)
     stride = _tuple(mod.stride if mod.stride is not None else mod.kernel_size, d)
-    return {"kernel_shape": k, "strides": stride, "pads": _tuple(mod.padding, d) * 2,
-            "ceil_mode": int(mod.ceil_mode)}
+    return {"kernel_shape": k, "strides": stride, "pads": _tuple(mod.padding, d) * 2, "ceil_mode": int(mod.ceil_mode)}
 
 
 class FloatEmitter(Emitter):
@@ -363,13 +396,15 @@ class FloatEmitter(Emitter):
     def params(self, b: GraphBuilder, site: Site) -> tuple[str, str | None]:
         w, bias, _ = fused(site.mod, site.bn)
         g = site.weight
-        self.notes[site.name] = ("float" if g is None else f"{g.bits}-bit values in float") + \
-            ("" if site.bn is None else ", batch norm folded")
+        self.notes[site.name] = ("float" if g is None else f"{g.bits}-bit values in float") + (
+            "" if site.bn is None else ", batch norm folded"
+        )
         if site.y_grid is not None:  # 1/step of the quantizer reading the output, folded in
             w, bias = w / site.y_grid.step, None if bias is None else bias / site.y_grid.step
             self.notes[site.name] += ", output in activation steps"
-        return b.const(f"{site.name}.weight", w.float()), \
-            None if bias is None else b.const(f"{site.name}.bias", bias.float())
+        return b.const(f"{site.name}.weight", w.float()), None if bias is None else b.const(
+            f"{site.name}.bias", bias.float()
+        )
 
     def produced(self, site: Site, y: str) -> None:
         if site.y_grid is not None:

@@ -16,6 +16,7 @@ to 64/max|codes| per channel, which keeps u8·s8 pair sums within int16, as AVX2
 and activations re-quantized onto ``step/k`` (k up to 254/max code) after their own rounding.
 The bias grid becomes k_w·k_a times finer; the function is the trained one.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -55,8 +56,10 @@ class QdqEmitter(Emitter):
         kernel = not int4 and site.x_grid is not None and (site.y_grid is not None or isinstance(site.mod, nn.Linear))
         if kernel:
             codes, scale = _spread(codes, scale)
-        how = f"{grid.bits}-bit codes in {'int4' if int4 else 'int8'}, " \
-              f"{'per-channel' if scale.dim() else 'per-tensor'} scale"
+        how = (
+            f"{grid.bits}-bit codes in {'int4' if int4 else 'int8'}, "
+            f"{'per-channel' if scale.dim() else 'per-tensor'} scale"
+        )
         w_name = self._weights(b, name, codes, scale, int4)
         if bias is None or not kernel:
             self.notes[name] = how + ("" if bias is None else ", float bias") + ("" if kernel else ", float kernel")
@@ -71,8 +74,11 @@ class QdqEmitter(Emitter):
             zp = helper.make_tensor("z", TensorProto.INT4, list(scale.shape), [0] * scale.numel())
         else:
             data, zp = c.numpy(), np.zeros(tuple(scale.shape), np.int8)
-        ins = [b.const(f"{name}.weight_codes", data), b.const(f"{name}.weight_scale", scale.float()),
-               b.const(f"{name}.weight_zero_point", zp)]
+        ins = [
+            b.const(f"{name}.weight_codes", data),
+            b.const(f"{name}.weight_scale", scale.float()),
+            b.const(f"{name}.weight_zero_point", zp),
+        ]
         return b.op("DequantizeLinear", ins, f"{name}.weight", **({"axis": 0} if scale.dim() else {}))
 
     def act(self, b: GraphBuilder, x: str, grid: ActGrid, name: str, relu: bool) -> tuple[str, ActGrid]:
@@ -135,8 +141,11 @@ def _int32_bias(b: GraphBuilder, name: str, bias: Tensor, scale: Tensor) -> str:
     codes = torch.round(bias.double() / scale.double())
     if codes.numel() and float(codes.abs().max()) > INT32_MAX:
         raise Unsupported(name, "its bias does not fit int32 on the accumulator grid (input step × weight scale)")
-    ins = [b.const(f"{name}.bias_codes", codes.to(torch.int32)), b.const(f"{name}.bias_scale", scale),
-           b.const(f"{name}.bias_zero_point", np.zeros(bias.shape[0], np.int32))]
+    ins = [
+        b.const(f"{name}.bias_codes", codes.to(torch.int32)),
+        b.const(f"{name}.bias_scale", scale),
+        b.const(f"{name}.bias_zero_point", np.zeros(bias.shape[0], np.int32)),
+    ]
     return b.op("DequantizeLinear", ins, f"{name}.bias", axis=0)
 
 

@@ -8,6 +8,7 @@ so the weight grids stay the trained ones (FINN and hls4ml fold or absorb them t
 ``QuantReLU`` becomes ``Relu → Quant(unsigned)``, ``QuantInput`` a signed narrow or unsigned
 ``Quant``. The file has a fixed batch of 1, as FINN and hls4ml expect.
 """
+
 from __future__ import annotations
 
 from onnx import ModelProto
@@ -33,8 +34,11 @@ class QonnxEmitter(Emitter):
         w = self._tensor(b, f"{name}.weight", mod.weight.detach(), site.weight)
         bias = None if mod.bias is None else self._tensor(b, f"{name}.bias", mod.bias.detach(), site.bias)
         g = site.weight
-        self.notes[name] = "float weights" if g is None else \
-            f"{g.bits}-bit weights, {'per-channel' if g.per_channel else 'per-tensor'} scale"
+        self.notes[name] = (
+            "float weights"
+            if g is None
+            else f"{g.bits}-bit weights, {'per-channel' if g.per_channel else 'per-tensor'} scale"
+        )
         return w, bias
 
     def _tensor(self, b: GraphBuilder, base: str, value, grid: WeightGrid | None) -> str:
@@ -58,8 +62,15 @@ class QonnxEmitter(Emitter):
 def _quant(b: GraphBuilder, x: str, scale: str, bits: int, base: str, *, signed: bool, narrow: bool) -> str:
     zero = b.scalar(f"{base}_zero_point", 0.0)
     width = b.scalar(f"{base}_bitwidth", float(bits))
-    return b.op("Quant", [x, scale, zero, width], f"{base}_quant", domain=DOMAIN,
-                signed=int(signed), narrow=int(narrow), rounding_mode="ROUND")
+    return b.op(
+        "Quant",
+        [x, scale, zero, width],
+        f"{base}_quant",
+        domain=DOMAIN,
+        signed=int(signed),
+        narrow=int(narrow),
+        rounding_mode="ROUND",
+    )
 
 
 def qonnx_model(low: Lowered, *, batch: int = 1) -> tuple[ModelProto, dict[str, str]]:
@@ -90,4 +101,3 @@ def with_batch(model: ModelProto, batch: int) -> ModelProto:
         vi.type.tensor_type.shape.dim[0].Clear()
         vi.type.tensor_type.shape.dim[0].dim_value = batch
     return out
-

@@ -8,6 +8,7 @@ where float ties may round one step apart) and top-1 agreement on the test split
 turned off) the measured latency of both models in PyTorch eager and ONNX Runtime. Both are timed in
 their deployment form: baked, batch norms folded into the layers before them.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -25,9 +26,16 @@ from qaprune.io import write_json
 CHECK_SAMPLES, ATOL, MIN_TOP1 = 1024, 1e-4, 0.995
 
 
-def shrink_run(target: str | Path, *, data_dir: str | None = None, out: str | Path | None = None,
-               latency: bool = True, batch_sizes: tuple[int, ...] = (1, 64), threads: tuple[int, ...] = (1,),
-               repeats: int = 20) -> dict[str, Any]:
+def shrink_run(
+    target: str | Path,
+    *,
+    data_dir: str | None = None,
+    out: str | Path | None = None,
+    latency: bool = True,
+    batch_sizes: tuple[int, ...] = (1, 64),
+    threads: tuple[int, ...] = (1,),
+    repeats: int = 20,
+) -> dict[str, Any]:
     """Shrink the model of run directory ``target``; returns (and writes to shrink.json) the summary.
     Raises ``QapruneError`` when the shrunk model does not compute what the masked one does."""
     from qaprune.compress import bake
@@ -41,16 +49,26 @@ def shrink_run(target: str | Path, *, data_dir: str | None = None, out: str | Pa
     res = shrink(model, x_test[:64], sparse="never")
     diff, agree, rounded = _compare(res.model, model, x_test[:CHECK_SAMPLES])
     if diff > ATOL or agree < MIN_TOP1:
-        raise QapruneError(f"shrink: the shrunk model differs from the masked one by {diff:.2e} with "
-                           f"activation rounding off (tolerance {ATOL:g}), top-1 agreement {agree:.4f} "
-                           f"(at least {MIN_TOP1}); nothing was written")
+        raise QapruneError(
+            f"shrink: the shrunk model differs from the masked one by {diff:.2e} with "
+            f"activation rounding off (tolerance {ATOL:g}), top-1 agreement {agree:.4f} "
+            f"(at least {MIN_TOP1}); nothing was written"
+        )
     dense, _ = fold_batchnorm(bake(_copy(model)))
     shrunk, folded = fold_batchnorm(res.model)
     onnx_path = Path(out) if out is not None else run_dir / "model.shrunk.onnx"
     how = export_onnx(shrunk, tuple(data.input_shape), str(onnx_path))
-    summary = {"removed": res.removed, "not_shrunk": res.not_shrunk, "max_abs_diff": diff,
-               "max_abs_diff_rounded": rounded, "top1_agreement": agree, "batchnorm_folded": folded,
-               "onnx": onnx_path.name, "onnx_export": how, **_sizes(dense, shrunk, x_test[:1])}
+    summary = {
+        "removed": res.removed,
+        "not_shrunk": res.not_shrunk,
+        "max_abs_diff": diff,
+        "max_abs_diff_rounded": rounded,
+        "top1_agreement": agree,
+        "batchnorm_folded": folded,
+        "onnx": onnx_path.name,
+        "onnx_export": how,
+        **_sizes(dense, shrunk, x_test[:1]),
+    }
     if latency:
         summary["latency"] = _latency(dense, shrunk, tuple(data.input_shape), batch_sizes, threads, repeats)
     write_json(run_dir / "shrink.json", summary)
@@ -78,12 +96,18 @@ def _sizes(dense: nn.Module, shrunk: nn.Module, x: torch.Tensor) -> dict[str, An
 
     macs = [int(sum(p.macs for p in profile(m, x))) for m in (dense, shrunk)]
     params = [sum(p.numel() for p in m.parameters()) for m in (dense, shrunk)]
-    return {"macs_before": macs[0], "macs_after": macs[1], "flops_ratio": macs[0] / max(macs[1], 1),
-            "params_before": params[0], "params_after": params[1]}
+    return {
+        "macs_before": macs[0],
+        "macs_after": macs[1],
+        "flops_ratio": macs[0] / max(macs[1], 1),
+        "params_before": params[0],
+        "params_after": params[1],
+    }
 
 
-def _latency(dense: nn.Module, shrunk: nn.Module, shape: tuple[int, ...], batch_sizes, threads,
-             repeats: int) -> list[dict]:
+def _latency(
+    dense: nn.Module, shrunk: nn.Module, shape: tuple[int, ...], batch_sizes, threads, repeats: int
+) -> list[dict]:
     """Paired rows: per backend, batch and thread count, both models' median ms and the speedup."""
     from qaprune.metrics.latency import export_onnx, measure_latency
 
@@ -93,10 +117,21 @@ def _latency(dense: nn.Module, shrunk: nn.Module, shape: tuple[int, ...], batch_
         for m, p in zip((dense, shrunk), paths):
             export_onnx(m, shape, p)
         for backend, targets in (("torch", (dense, shrunk)), ("ort", paths)):
-            timed = [measure_latency(t, shape, batch_sizes=batch_sizes, threads=threads, backend=backend,
-                                     warmup=5, repeats=repeats) for t in targets]
+            timed = [
+                measure_latency(
+                    t, shape, batch_sizes=batch_sizes, threads=threads, backend=backend, warmup=5, repeats=repeats
+                )
+                for t in targets
+            ]
             for d, s in zip(*timed):
-                rows.append({"backend": backend, "batch": d["batch"], "threads": d["threads"],
-                             "dense_ms": d["median_ms"], "shrunk_ms": s["median_ms"],
-                             "speedup": d["median_ms"] / s["median_ms"]})
+                rows.append(
+                    {
+                        "backend": backend,
+                        "batch": d["batch"],
+                        "threads": d["threads"],
+                        "dense_ms": d["median_ms"],
+                        "shrunk_ms": s["median_ms"],
+                        "speedup": d["median_ms"] / s["median_ms"],
+                    }
+                )
     return rows

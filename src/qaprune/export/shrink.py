@@ -7,6 +7,7 @@ diagonal (MPD) become ``BlockDiagonalLinear``; highly sparse ones become ``Spars
 a quick measurement says the CSR kernel is faster. Every Linear/Conv layer ends up in
 ``removed``, ``converted`` or ``not_shrunk`` (with the reason).
 """
+
 from __future__ import annotations
 
 import copy
@@ -21,8 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qaprune.prune.groups import (WEIGHT_LAYERS, ChannelGroup, dependency_groups, member_zero,
-                                  to_group, zero_channels)
+from qaprune.prune.groups import WEIGHT_LAYERS, ChannelGroup, dependency_groups, member_zero, to_group, zero_channels
 
 SPARSE_MODES = ("auto", "always", "never")
 
@@ -41,8 +41,15 @@ class ShrinkResult:
     max_abs_diff: float = 0.0
 
 
-def shrink(model: nn.Module, example_input: Tensor, *, sparse: str = "auto", sparse_min: float = 0.8,
-           block_diagonal: bool = True, atol: float = 1e-5) -> ShrinkResult:
+def shrink(
+    model: nn.Module,
+    example_input: Tensor,
+    *,
+    sparse: str = "auto",
+    sparse_min: float = 0.8,
+    block_diagonal: bool = True,
+    atol: float = 1e-5,
+) -> ShrinkResult:
     """Bake a copy of ``model`` and physically remove its all-zero channels; ``model`` is kept.
     example_input (N, ...): a batch the model accepts (traced, checked, timed on).
     ``sparse``: "auto" (CSR where measured faster), "always" or "never", for Linear layers with
@@ -71,8 +78,7 @@ def shrink(model: nn.Module, example_input: Tensor, *, sparse: str = "auto", spa
     if _max_diff(out, example_input, ref) > atol:  # an operation the plan does not model
         out, removed = _remove_safely(net, example_input, plan, ref, atol, not_shrunk)
     result = ShrinkResult(out, removed, not_shrunk)
-    _convert_linears(result, example_input, sparse=sparse, sparse_min=sparse_min,
-                     block_diagonal=block_diagonal)
+    _convert_linears(result, example_input, sparse=sparse, sparse_min=sparse_min, block_diagonal=block_diagonal)
     result.max_abs_diff = _max_diff(out, example_input, ref)
     return result
 
@@ -111,11 +117,16 @@ def _observed_zero(net: nn.Module, x: Tensor, groups: list[ChannelGroup]) -> lis
             a = args[0].movedim(channel_dim, 0)
             z = (a.reshape(a.shape[0], -1) == 0).all(1)
             zero[name] = zero[name] & z if name in zero else z
+
         return hook
 
     names = {c.name for g in groups for c in g.members if c.role == "in"}
-    hooks = [net.get_submodule(n).register_forward_pre_hook(
-        record(n, -1 if isinstance(net.get_submodule(n), nn.Linear) else 1)) for n in names]
+    hooks = [
+        net.get_submodule(n).register_forward_pre_hook(
+            record(n, -1 if isinstance(net.get_submodule(n), nn.Linear) else 1)
+        )
+        for n in names
+    ]
     try:
         net(x)
     finally:
@@ -138,17 +149,25 @@ def _why(net: nn.Module, g: ChannelGroup, name: str, observed: Tensor) -> str:
     rows = to_group(me, (w.flatten(1) == 0).all(1), g.size)
     if not rows.any():
         return f"unstructured sparsity: no whole channel is zero ({float((w == 0).float().mean()):.0%} zeros)"
-    blockers = sorted({c.name for c in g.members if c.role == "out" and
-                       not (to_group(c, member_zero(net.get_submodule(c.name), c), g.size)[rows]).any()})
+    blockers = sorted(
+        {
+            c.name
+            for c in g.members
+            if c.role == "out" and not (to_group(c, member_zero(net.get_submodule(c.name), c), g.size)[rows]).any()
+        }
+    )
     if blockers:
-        return (f"{int(rows.sum())} zero weight channels, but not zero in the coupled "
-                f"{', '.join(blockers)} (bias, batch-norm shift or residual add)")
-    return (f"{int(rows.sum())} zero weight channels, but non-zero at the input of "
-            f"{', '.join(g.consumers)} (an operation with f(0) != 0?)")
+        return (
+            f"{int(rows.sum())} zero weight channels, but not zero in the coupled "
+            f"{', '.join(blockers)} (bias, batch-norm shift or residual add)"
+        )
+    return (
+        f"{int(rows.sum())} zero weight channels, but non-zero at the input of "
+        f"{', '.join(g.consumers)} (an operation with f(0) != 0?)"
+    )
 
 
-def _remove_channels(net: nn.Module, x: Tensor, plan: list[tuple[str, list[int]]]
-                     ) -> tuple[nn.Module, dict[str, int]]:
+def _remove_channels(net: nn.Module, x: Tensor, plan: list[tuple[str, list[int]]]) -> tuple[nn.Module, dict[str, int]]:
     """A deep copy of ``net`` with the planned output channels removed, and the count per layer."""
     import torch_pruning as tp
 
@@ -165,8 +184,9 @@ def _remove_channels(net: nn.Module, x: Tensor, plan: list[tuple[str, list[int]]
     return out.eval(), {n: before[n] - after[n] for n in before if after[n] < before[n]}
 
 
-def _remove_safely(net: nn.Module, x: Tensor, plan: list, ref, atol: float, reasons: dict[str, str]
-                   ) -> tuple[nn.Module, dict[str, int]]:
+def _remove_safely(
+    net: nn.Module, x: Tensor, plan: list, ref, atol: float, reasons: dict[str, str]
+) -> tuple[nn.Module, dict[str, int]]:
     """Add the planned groups one at a time, keeping those that leave the outputs unchanged."""
     kept: list[tuple[str, list[int]]] = []
     for group, step in plan:
@@ -174,8 +194,12 @@ def _remove_safely(net: nn.Module, x: Tensor, plan: list, ref, atol: float, reas
         if _max_diff(trial, x, ref) <= atol:
             kept.append(step)
         else:
-            reasons.update({p: "removing its zero channels changed the outputs "
-                               "(an operation shrink does not model)" for p in group.producers})
+            reasons.update(
+                {
+                    p: "removing its zero channels changed the outputs (an operation shrink does not model)"
+                    for p in group.producers
+                }
+            )
     return _remove_channels(net, x, kept)
 
 
@@ -233,8 +257,9 @@ class BlockDiagonalLinear(nn.Module):
         (True, torch.Size([2, 2, 2]))
     """
 
-    def __init__(self, in_features: int, out_features: int, *, k: int, block_out: int, block_in: int,
-                 bias: bool = True) -> None:
+    def __init__(
+        self, in_features: int, out_features: int, *, k: int, block_out: int, block_in: int, bias: bool = True
+    ) -> None:
         super().__init__()
         self.in_features, self.out_features, self.k = in_features, out_features, k
         self.weight = nn.Parameter(torch.zeros(k, block_out, block_in))
@@ -245,15 +270,15 @@ class BlockDiagonalLinear(nn.Module):
 
     @classmethod
     @torch.no_grad()
-    def from_linear(cls, lin: nn.Linear, row_blocks: list[Tensor], col_blocks: list[Tensor]
-                    ) -> BlockDiagonalLinear:
+    def from_linear(cls, lin: nn.Linear, row_blocks: list[Tensor], col_blocks: list[Tensor]) -> BlockDiagonalLinear:
         """``row_blocks[b]``/``col_blocks[b]``: the rows/columns of block b (see ``block_pattern``)."""
         k, bo, bi = len(row_blocks), max(map(len, row_blocks)), max(map(len, col_blocks))
-        new = cls(lin.in_features, lin.out_features, k=k, block_out=bo, block_in=bi,
-                  bias=lin.bias is not None).to(lin.weight.device)
+        new = cls(lin.in_features, lin.out_features, k=k, block_out=bo, block_in=bi, bias=lin.bias is not None).to(
+            lin.weight.device
+        )
         for b, (r, c) in enumerate(zip(row_blocks, col_blocks)):
-            new.weight[b, :len(r), :len(c)] = lin.weight[r][:, c]
-            new.in_index[b * bi:b * bi + len(c)] = c
+            new.weight[b, : len(r), : len(c)] = lin.weight[r][:, c]
+            new.in_index[b * bi : b * bi + len(c)] = c
             new.out_index[r] = b * bo + torch.arange(len(r))
         if lin.bias is not None:
             new.bias.copy_(lin.bias)
@@ -263,12 +288,12 @@ class BlockDiagonalLinear(nn.Module):
         # Feature-major: gathers pick whole rows (fast in PyTorch and ONNX Runtime alike; a
         # gather along dim 1 is ~4x slower in ORT), and the bmm operands are contiguous.
         k, bo, bi = self.weight.shape
-        xt = x.reshape(-1, self.in_features).T                             # (in, N)
+        xt = x.reshape(-1, self.in_features).T  # (in, N)
         if k * bi > self.in_features:  # some block slots read the zero row
             xt = F.pad(xt, (0, 0, 0, 1))
-        xb = xt.index_select(0, self.in_index).reshape(k, bi, -1)          # (k, block_in, N)
-        y = torch.bmm(self.weight, xb).reshape(k * bo, -1)                 # (k·block_out, N)
-        y = y.index_select(0, self.out_index).T                            # (N, out)
+        xb = xt.index_select(0, self.in_index).reshape(k, bi, -1)  # (k, block_in, N)
+        y = torch.bmm(self.weight, xb).reshape(k * bo, -1)  # (k·block_out, N)
+        y = y.index_select(0, self.out_index).T  # (N, out)
         y = y + self.bias if self.bias is not None else y
         return y.reshape(*x.shape[:-1], self.out_features)
 
@@ -284,8 +309,9 @@ class SparseLinear(nn.Module):
         True
     """
 
-    def __init__(self, in_features: int, out_features: int, crow: Tensor, col: Tensor, values: Tensor,
-                 bias: Tensor | None) -> None:
+    def __init__(
+        self, in_features: int, out_features: int, crow: Tensor, col: Tensor, values: Tensor, bias: Tensor | None
+    ) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.register_buffer("crow_indices", crow)
@@ -300,19 +326,22 @@ class SparseLinear(nn.Module):
             warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
             csr = lin.weight.detach().to_sparse_csr()
         bias = lin.bias.detach().clone() if lin.bias is not None else None
-        return cls(lin.in_features, lin.out_features, csr.crow_indices(), csr.col_indices(),
-                   csr.values().clone(), bias)
+        return cls(lin.in_features, lin.out_features, csr.crow_indices(), csr.col_indices(), csr.values().clone(), bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        w = torch.sparse_csr_tensor(self.crow_indices, self.col_indices, self.values,
-                                    (self.out_features, self.in_features), check_invariants=False)
+        w = torch.sparse_csr_tensor(
+            self.crow_indices,
+            self.col_indices,
+            self.values,
+            (self.out_features, self.in_features),
+            check_invariants=False,
+        )
         y = torch.sparse.mm(w, x.reshape(-1, self.in_features).T).T
         y = y + self.bias if self.bias is not None else y
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
-def block_pattern(weight: Tensor, *, max_fraction: float = 0.75
-                  ) -> tuple[list[Tensor], list[Tensor]] | None:
+def block_pattern(weight: Tensor, *, max_fraction: float = 0.75) -> tuple[list[Tensor], list[Tensor]] | None:
     """Detect a permuted block-diagonal zero pattern (MPD) in ``weight`` (out, in) alone:
     -> (rows of each block, columns of each block), k ≥ 2 blocks, or None. Blocks are the
     connected components of rows and columns joined by non-zero weights; all-zero rows and
@@ -332,8 +361,8 @@ def block_pattern(weight: Tensor, *, max_fraction: float = 0.75
     labels = torch.unique(r_lab[used]).tolist()
     if len(labels) < 2:
         return None
-    rows = _spread([torch.nonzero((r_lab == l) & used).flatten() for l in labels], ~used)
-    cols = _spread([torch.nonzero(c_lab == l).flatten() for l in labels], ~nz.any(0))
+    rows = _spread([torch.nonzero((r_lab == lab) & used).flatten() for lab in labels], ~used)
+    cols = _spread([torch.nonzero(c_lab == lab).flatten() for lab in labels], ~nz.any(0))
     padded = len(labels) * max(map(len, rows)) * max(map(len, cols))
     return (rows, cols) if padded <= max_fraction * n_out * n_in else None
 
@@ -346,8 +375,7 @@ def _spread(blocks: list[Tensor], free: Tensor) -> list[Tensor]:
     return [torch.tensor(sorted(b), dtype=torch.long) for b in out]
 
 
-def _convert_linears(result: ShrinkResult, x: Tensor, *, sparse: str, sparse_min: float,
-                     block_diagonal: bool) -> None:
+def _convert_linears(result: ShrinkResult, x: Tensor, *, sparse: str, sparse_min: float, block_diagonal: bool) -> None:
     model, inputs = result.model, _linear_inputs(result.model, x)
     for name, inp in inputs.items():
         lin = model.get_submodule(name)
@@ -364,8 +392,7 @@ def _convert_linears(result: ShrinkResult, x: Tensor, *, sparse: str, sparse_min
             result.not_shrunk.pop(name, None)
 
 
-def _sparse_choice(result: ShrinkResult, name: str, lin: nn.Linear, inp: Tensor, sparse: str
-                   ) -> nn.Module | None:
+def _sparse_choice(result: ShrinkResult, name: str, lin: nn.Linear, inp: Tensor, sparse: str) -> nn.Module | None:
     new = SparseLinear.from_linear(lin)
     if sparse == "auto":
         dense_ms, sparse_ms = _time_ms(lin, inp), _time_ms(new, inp)
@@ -373,8 +400,9 @@ def _sparse_choice(result: ShrinkResult, name: str, lin: nn.Linear, inp: Tensor,
         result.sparse_timings[name] = {"dense_ms": dense_ms, "sparse_ms": sparse_ms, "sparse": faster}
         if not faster:
             if name in result.not_shrunk:
-                result.not_shrunk[name] += (f"; CSR kernel not faster on the example "
-                                            f"({sparse_ms:.3f} ms vs dense {dense_ms:.3f} ms)")
+                result.not_shrunk[name] += (
+                    f"; CSR kernel not faster on the example ({sparse_ms:.3f} ms vs dense {dense_ms:.3f} ms)"
+                )
             return None
     result.converted[name] = f"SparseLinear({float((lin.weight == 0).float().mean()):.0%} zeros)"
     return new
@@ -384,8 +412,11 @@ def _sparse_choice(result: ShrinkResult, name: str, lin: nn.Linear, inp: Tensor,
 def _linear_inputs(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
     """The input of every plain ``nn.Linear`` on ``x`` (first call), by name."""
     seen: dict[str, Tensor] = {}
-    hooks = [m.register_forward_pre_hook(lambda _m, a, n=n: seen.setdefault(n, a[0]))
-             for n, m in model.named_modules() if type(m) is nn.Linear]
+    hooks = [
+        m.register_forward_pre_hook(lambda _m, a, n=n: seen.setdefault(n, a[0]))
+        for n, m in model.named_modules()
+        if type(m) is nn.Linear
+    ]
     try:
         model(x)
     finally:

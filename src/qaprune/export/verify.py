@@ -19,6 +19,7 @@ fake-quantized PyTorch model in eval mode. Two criteria:
 - ``int8`` (qdq): integer kernels round the bias onto the accumulator grid, so the outputs move;
   top-1 must agree on ≥ 99.5% of the samples.
 """
+
 from __future__ import annotations
 
 import copy
@@ -65,15 +66,27 @@ class Verification:
         within = f", within tolerance {self.within_tolerance:.4f}" if "atol" in self.tolerance else ""
         a = self.activations
         if a:
-            within += (f"; teacher-forced: max |diff| {a['forced_max_abs_diff']:.1e}, {a['ties']} rounding ties "
-                       f"and {a['unexplained']} wrong codes in {a['codes']:,} activation codes")
-        return (f"{self.runtime} on {self.samples} held-out samples: max |diff| {self.max_abs_diff:.2e}, "
-                f"top-1 agreement {self.top1_agreement:.4f}{within} "
-                f"({'passed' if self.passed else 'FAILED'}: {self.criterion})")
+            within += (
+                f"; teacher-forced: max |diff| {a['forced_max_abs_diff']:.1e}, {a['ties']} rounding ties "
+                f"and {a['unexplained']} wrong codes in {a['codes']:,} activation codes"
+            )
+        return (
+            f"{self.runtime} on {self.samples} held-out samples: max |diff| {self.max_abs_diff:.2e}, "
+            f"top-1 agreement {self.top1_agreement:.4f}{within} "
+            f"({'passed' if self.passed else 'FAILED'}: {self.criterion})"
+        )
 
 
-def compare(reference: np.ndarray, exported: np.ndarray, *, fmt: str, runtime: str, criterion: str,
-            quantized_acts: bool = False, forced: dict[str, Any] | None = None) -> Verification:
+def compare(
+    reference: np.ndarray,
+    exported: np.ndarray,
+    *,
+    fmt: str,
+    runtime: str,
+    criterion: str,
+    quantized_acts: bool = False,
+    forced: dict[str, Any] | None = None,
+) -> Verification:
     """Compare outputs (N, ...) of the exported file with the PyTorch reference (N, ...).
     criterion: "float" or "int8" (see the module docstring); ``forced``: the result of
     ``forced_check``, which then decides the float criterion.
@@ -87,8 +100,7 @@ def compare(reference: np.ndarray, exported: np.ndarray, *, fmt: str, runtime: s
         False
     """
     if reference.shape != exported.shape:
-        raise VerificationError(f"{fmt}: the exported model returns shape {exported.shape}, "
-                                f"PyTorch {reference.shape}")
+        raise VerificationError(f"{fmt}: the exported model returns shape {exported.shape}, PyTorch {reference.shape}")
     ref, out = reference.astype(np.float64), exported.astype(np.float64)
     diff = np.abs(out - ref)
     n = ref.shape[0]
@@ -103,17 +115,29 @@ def compare(reference: np.ndarray, exported: np.ndarray, *, fmt: str, runtime: s
         text = f"|diff| <= {ATOL:g} + {RTOL:g}|ref| on >= {need:.1%} of samples, top-1 >= {MIN_TOP1:.1%}"
         if forced is not None:
             passed = finite and forced["within"] == 1.0 and forced["unexplained"] == 0 and top1 >= MIN_TOP1
-            text = (f"teacher-forced at {forced['quantizers']} activation quantizers: |diff| <= {ATOL:g} + "
-                    f"{RTOL:g}|ref| on every sample, every differing code a rounding tie; top-1 >= {MIN_TOP1:.1%}")
+            text = (
+                f"teacher-forced at {forced['quantizers']} activation quantizers: |diff| <= {ATOL:g} + "
+                f"{RTOL:g}|ref| on every sample, every differing code a rounding tie; top-1 >= {MIN_TOP1:.1%}"
+            )
     elif criterion == "int8":
         tol = {"min_top1": MIN_TOP1}
         passed = finite and top1 >= MIN_TOP1
         text = f"top-1 agreement >= {MIN_TOP1:.1%}"
     else:
         raise ValueError(f"compare: criterion={criterion!r}; allowed: float, int8")
-    return Verification(fmt, runtime, n, float(diff.max()) if diff.size else 0.0,
-                        float(diff.mean()) if diff.size else 0.0, top1, within, text, passed, tol,
-                        activations=forced or {})
+    return Verification(
+        fmt,
+        runtime,
+        n,
+        float(diff.max()) if diff.size else 0.0,
+        float(diff.mean()) if diff.size else 0.0,
+        top1,
+        within,
+        text,
+        passed,
+        tol,
+        activations=forced or {},
+    )
 
 
 @torch.no_grad()
@@ -125,7 +149,7 @@ def torch_outputs(model: nn.Module, x: Tensor, *, batch: int = 256) -> np.ndarra
     was_training = model.training
     model.eval()
     try:
-        return torch.cat([model(x[i:i + batch].cpu()) for i in range(0, len(x), batch)]).float().numpy()
+        return torch.cat([model(x[i : i + batch].cpu()) for i in range(0, len(x), batch)]).float().numpy()
     finally:
         model.train(was_training)
 
@@ -147,17 +171,20 @@ def ort_values(path: str | Path, names: list[str]):
     if names:
         proto = onnx.load(str(path))
         have = {o.name for o in proto.graph.output}
-        proto.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
-                                  for n in dict.fromkeys(names) if n not in have)
+        proto.graph.output.extend(
+            onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
+            for n in dict.fromkeys(names)
+            if n not in have
+        )
         model = proto.SerializeToString()
     session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
     feed, fetched = session.get_inputs()[0].name, [o.name for o in session.get_outputs()]
 
     def run(x: Tensor, batch: int = 256) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         arr = x.cpu().numpy().astype(np.float32)
-        parts = [dict(zip(fetched, session.run(None, {feed: arr[i:i + batch]}))) for i in range(0, len(arr), batch)]
-        return np.concatenate([p[fetched[0]] for p in parts]), {n: np.concatenate([p[n] for p in parts])
-                                                                for n in names}
+        parts = [dict(zip(fetched, session.run(None, {feed: arr[i : i + batch]}))) for i in range(0, len(arr), batch)]
+        return np.concatenate([p[fetched[0]] for p in parts]), {n: np.concatenate([p[n] for p in parts]) for n in names}
+
     return run
 
 
@@ -199,7 +226,7 @@ def qonnx_values(path: str | Path, names: list[str]):
     def run(x: Tensor, batch: int = 1024) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         arr, outs, vals = x.cpu().numpy().astype(np.float32), [], {n: [] for n in names}
         for i in range(0, len(arr), batch):
-            chunk = arr[i:i + batch]
+            chunk = arr[i : i + batch]
             if len(chunk) not in wrappers:
                 wrappers[len(chunk)] = ModelWrapper(with_batch(base, len(chunk))).transform(InferShapes())
             mw = wrappers[len(chunk)]
@@ -208,6 +235,7 @@ def qonnx_values(path: str | Path, names: list[str]):
             for n in names:
                 vals[n].append(ctx[n])
         return np.concatenate(outs), {n: np.concatenate(v) for n, v in vals.items()}
+
     return run
 
 
@@ -217,8 +245,9 @@ def has_act_quantizers(model: nn.Module) -> bool:
     return any(isinstance(m, (QuantReLU, QuantInput)) for m in model.modules())
 
 
-def hls4ml_check(path: str | Path, x: Tensor, reference: np.ndarray, *, precision: str = "fixed<16,6>",
-                 backend: str = "Vitis") -> dict[str, Any]:
+def hls4ml_check(
+    path: str | Path, x: Tensor, reference: np.ndarray, *, precision: str = "fixed<16,6>", backend: str = "Vitis"
+) -> dict[str, Any]:
     """Convert a QONNX file with hls4ml (after the qonnx clean-up, channels-last and Gemm→MatMul
     steps its documentation prescribes), compile its bit-accurate C++ emulation with the system's
     C++ compiler and compare it with ``reference`` (N, ...). Informative: hls4ml's fixed-point
@@ -233,35 +262,48 @@ def hls4ml_check(path: str | Path, x: Tensor, reference: np.ndarray, *, precisio
     try:
         import hls4ml
     except ImportError:
-        return {"error": "hls4ml is not installed (pip install hls4ml: h5py, pyyaml, quantizers, "
-                         "pyDigitalWaveTools; no TensorFlow)"}
+        return {
+            "error": "hls4ml is not installed (pip install hls4ml: h5py, pyyaml, quantizers, "
+            "pyDigitalWaveTools; no TensorFlow)"
+        }
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.transformation.channels_last import ConvertToChannelsLastAndClean
     from qonnx.transformation.gemm_to_matmul import GemmToMatMul
     from qonnx.util.cleanup import cleanup_model
 
     log = io.StringIO()
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(record=True) as caught, \
-            contextlib.redirect_stdout(log):
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        warnings.catch_warnings(record=True) as caught,
+        contextlib.redirect_stdout(log),
+    ):
         warnings.simplefilter("always")
         try:
             m = cleanup_model(ModelWrapper(str(path)))
             m = cleanup_model(m.transform(ConvertToChannelsLastAndClean()).transform(GemmToMatMul()))
-            cfg = hls4ml.utils.config.config_from_onnx_model(m, granularity="name", backend=backend,
-                                                              default_precision=precision)
-            hm = hls4ml.converters.convert_from_onnx_model(m, output_dir=tmp, io_type="io_parallel",
-                                                           backend=backend, hls_config=cfg)
+            cfg = hls4ml.utils.config.config_from_onnx_model(
+                m, granularity="name", backend=backend, default_precision=precision
+            )
+            hm = hls4ml.converters.convert_from_onnx_model(
+                m, output_dir=tmp, io_type="io_parallel", backend=backend, hls_config=cfg
+            )
             hm.compile()
             arr = x.cpu().numpy().astype(np.float32)
             arr = arr.transpose(0, *range(2, arr.ndim), 1) if arr.ndim > 2 else arr  # channels last
             out = np.asarray(hm.predict(np.ascontiguousarray(arr)), np.float32).reshape(reference.shape)
-        except Exception as exc:  # noqa: BLE001 - report what hls4ml could not do
+        except Exception as exc:
             return {"error": f"{type(exc).__name__}: {exc}"[:300], "hls4ml": version("hls4ml")}
     noted = sorted({str(w.message) for w in caught if "hls4ml" in (w.filename or "")})
-    check = compare(reference, out, fmt="qonnx", runtime=f"hls4ml {version('hls4ml')} C++ emulation",
-                    criterion="int8")
-    return {"hls4ml": version("hls4ml"), "backend": backend, "precision": precision, "samples": check.samples,
-            "max_abs_diff": check.max_abs_diff, "top1_agreement": check.top1_agreement, "warnings": noted}
+    check = compare(reference, out, fmt="qonnx", runtime=f"hls4ml {version('hls4ml')} C++ emulation", criterion="int8")
+    return {
+        "hls4ml": version("hls4ml"),
+        "backend": backend,
+        "precision": precision,
+        "samples": check.samples,
+        "max_abs_diff": check.max_abs_diff,
+        "top1_agreement": check.top1_agreement,
+        "warnings": noted,
+    }
 
 
 TIE = 2e-3  # how close (in steps) to a rounding boundary a differing activation code must be
@@ -280,8 +322,9 @@ def taps_of(path: str | Path) -> dict[str, str]:
 
 
 @torch.no_grad()
-def forced_check(model: nn.Module, x: Tensor, run, taps: dict[str, str], keep: dict[str, Tensor], *,
-                 batch: int = 128) -> dict[str, Any]:
+def forced_check(
+    model: nn.Module, x: Tensor, run, taps: dict[str, str], keep: dict[str, Tensor], *, batch: int = 128
+) -> dict[str, Any]:
     """The teacher-forced comparison (see the module docstring). ``run(x) -> (outputs, {value:
     array})`` runs the exported file; ``taps``: quantizer module → value; ``keep``: quantizer →
     original indices of the channels the file still has. -> within (fraction of samples whose
@@ -292,7 +335,7 @@ def forced_check(model: nn.Module, x: Tensor, run, taps: dict[str, str], keep: d
     out = {"quantizers": len(taps), "codes": 0, "ties": 0, "unexplained": 0, "forced_max_abs_diff": 0.0}
     inside = 0
     for i in range(0, len(x), batch):
-        xb = x[i:i + batch].cpu()
+        xb = x[i : i + batch].cpu()
         result, values = run(xb)
         seen: dict[str, tuple[Tensor, Tensor]] = {}
         hooks = [m.register_forward_hook(_forcing(n, values[taps[n]], keep.get(n), seen)) for n, m in mods.items()]
@@ -324,6 +367,7 @@ def _forcing(name: str, value: np.ndarray, keep: Tensor | None, seen: dict):
         forced = forced.reshape(output.shape)
         seen[name] = (args[0], forced)
         return forced
+
     return hook
 
 

@@ -1,4 +1,5 @@
 """Metrics of a (compressed) model: accuracy, AUC, BOPs, MACs, sizes, neural efficiency."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -19,10 +20,15 @@ def summarize_layers(layers: list[LayerProfile]) -> dict[str, float]:
     macs_nz = sum(p.positions * p.nonzero for p in layers)
     bops, dense = total_bops(layers), dense_fp32_bops(layers)
     return {
-        "params": params, "nonzero_params": nonzero,
+        "params": params,
+        "nonzero_params": nonzero,
         "sparsity": 1.0 - nonzero / params if params else 0.0,
-        "macs": macs, "macs_nonzero": macs_nz, "flops": 2 * macs,
-        "bops": bops, "bops_fp32_dense": dense, "bops_reduction": dense / bops if bops else 0.0,
+        "macs": macs,
+        "macs_nonzero": macs_nz,
+        "flops": 2 * macs,
+        "bops": bops,
+        "bops_fp32_dense": dense,
+        "bops_reduction": dense / bops if bops else 0.0,
         "weight_bits": sum(p.nonzero * p.weight_bits for p in layers),
     }
 
@@ -31,8 +37,9 @@ EFFICIENCY_SAMPLES = 2048
 
 
 @torch.no_grad()
-def measure(model: nn.Module, x: Any, y: Tensor | None = None, *, num_classes: int | None = None,
-            efficiency: bool = True) -> dict[str, Any]:
+def measure(
+    model: nn.Module, x: Any, y: Tensor | None = None, *, num_classes: int | None = None, efficiency: bool = True
+) -> dict[str, Any]:
     """All metrics of ``model`` on (x (N, ...), y (N,)), or on a ``Dataset``'s test split:
     a flat dict plus ``layers``.
 
@@ -61,8 +68,11 @@ def measure(model: nn.Module, x: Any, y: Tensor | None = None, *, num_classes: i
     loss = float(torch.nn.functional.cross_entropy(logits, y))
     check_finite(loss, "test loss")
     layers = profile(model, x[:1])
-    out: dict[str, Any] = {"accuracy": accuracy(logits, y), "auc": roc_auc(logits, y, num_classes=num_classes),
-                           "loss": loss}
+    out: dict[str, Any] = {
+        "accuracy": accuracy(logits, y),
+        "auc": roc_auc(logits, y, num_classes=num_classes),
+        "loss": loss,
+    }
     out.update(summarize_layers(layers))
     out["size_bytes"] = size_bytes(model)
     out["size_bytes_fp32"] = fp32_bytes(model)
@@ -75,4 +85,3 @@ def measure(model: nn.Module, x: Any, y: Tensor | None = None, *, num_classes: i
         out["aiq"] = aiq(eff.efficiency, out["accuracy"])
     out["layers"] = [p.to_dict() for p in layers]
     return out
-

@@ -9,6 +9,7 @@ Convolutions are counted per output position (``positions = H_out · W_out``); a
 the bits of the activation quantizer in front of it (32 when there is none). For the 32-bit dense
 16→64→32→32→5 MLP with 32-bit inputs this gives 4,652,832.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,8 +21,7 @@ from torch import nn
 FLOAT_BITS = 32
 
 
-def layer_bops(m: int, n: int, *, sparsity: float, act_bits: int, weight_bits: int,
-               positions: int = 1) -> float:
+def layer_bops(m: int, n: int, *, sparsity: float, act_bits: int, weight_bits: int, positions: int = 1) -> float:
     """BOPs of one layer (see module docstring).
 
     Example:
@@ -37,14 +37,14 @@ class LayerProfile:
     """What the metrics need to know of one Linear/Conv layer, measured on a sample batch."""
 
     name: str
-    kind: str            # "linear" | "conv"
-    m: int               # outputs per position (out features / out channels)
-    n: int               # fan-in: inputs per output (in features / in_ch/groups · kh · kw)
-    positions: int       # output positions per sample (1 for linear)
-    params: int          # weight entries (bias excluded)
-    nonzero: int         # non-zero weight entries after masks and quantization
+    kind: str  # "linear" | "conv"
+    m: int  # outputs per position (out features / out channels)
+    n: int  # fan-in: inputs per output (in features / in_ch/groups · kh · kw)
+    positions: int  # output positions per sample (1 for linear)
+    params: int  # weight entries (bias excluded)
+    nonzero: int  # non-zero weight entries after masks and quantization
     weight_bits: int
-    act_bits: int        # bits of the layer's input
+    act_bits: int  # bits of the layer's input
     bias_params: int = 0
 
     @property
@@ -57,8 +57,14 @@ class LayerProfile:
 
     @property
     def bops(self) -> float:
-        return layer_bops(self.m, self.n, sparsity=self.sparsity, act_bits=self.act_bits,
-                          weight_bits=self.weight_bits, positions=self.positions)
+        return layer_bops(
+            self.m,
+            self.n,
+            sparsity=self.sparsity,
+            act_bits=self.act_bits,
+            weight_bits=self.weight_bits,
+            positions=self.positions,
+        )
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -102,6 +108,7 @@ def profile(model: nn.Module, sample: torch.Tensor) -> list[LayerProfile]:
         def hook(mod, _inp, out):
             layers.append(_layer_profile(name, mod, out, state["bits"]))
             state["bits"] = FLOAT_BITS
+
         return hook
 
     for name, mod in model.named_modules():
@@ -131,8 +138,15 @@ def _layer_profile(name: str, mod: nn.Module, out: torch.Tensor, act_bits: int) 
         positions = int(out[0].numel() // mod.out_channels)
     bias = getattr(mod, "bias", None)
     return LayerProfile(
-        name=name, kind=kind, m=m, n=n, positions=positions, params=w.numel(),
-        nonzero=int(torch.count_nonzero(w)), weight_bits=_weight_bits(mod), act_bits=act_bits,
+        name=name,
+        kind=kind,
+        m=m,
+        n=n,
+        positions=positions,
+        params=w.numel(),
+        nonzero=int(torch.count_nonzero(w)),
+        weight_bits=_weight_bits(mod),
+        act_bits=act_bits,
         bias_params=bias.numel() if bias is not None else 0,
     )
 
@@ -143,5 +157,9 @@ def total_bops(layers: list[LayerProfile]) -> float:
 
 def dense_fp32_bops(layers: list[LayerProfile]) -> float:
     """BOPs of the same architecture at 32 bits everywhere, unpruned."""
-    return float(sum(layer_bops(p.m, p.n, sparsity=0.0, act_bits=FLOAT_BITS,
-                                weight_bits=FLOAT_BITS, positions=p.positions) for p in layers))
+    return float(
+        sum(
+            layer_bops(p.m, p.n, sparsity=0.0, act_bits=FLOAT_BITS, weight_bits=FLOAT_BITS, positions=p.positions)
+            for p in layers
+        )
+    )

@@ -6,6 +6,7 @@ Example:
     >>> accuracy(logits, torch.tensor([0, 1, 1]))
     0.6666666666666666
 """
+
 from __future__ import annotations
 
 import math
@@ -51,8 +52,7 @@ def roc_auc(logits: Tensor, y: Tensor, *, num_classes: int) -> float:
         raise ValueError(f"logits: {logits.shape[1]} columns, but num_classes is {num_classes}")
     labels = y.detach().cpu().long().numpy()
     if labels.min() < 0 or labels.max() >= num_classes:
-        raise ValueError(f"y: labels must be in [0, {num_classes}), "
-                         f"got {labels.min()}..{labels.max()}")
+        raise ValueError(f"y: labels must be in [0, {num_classes}), got {labels.min()}..{labels.max()}")
     probs = torch.softmax(logits.detach().cpu().double(), dim=1).numpy()
     present = [c for c in range(num_classes) if (labels == c).any()]
     if len(present) < 2:
@@ -98,7 +98,7 @@ def predict(model: nn.Module, x: Tensor, *, batch_size: int = 4096) -> Tensor:
     outs = []
     with eval_mode(model):
         for start in range(0, x.shape[0], batch_size):
-            outs.append(model(x[start:start + batch_size].to(device)).to(x.device))
+            outs.append(model(x[start : start + batch_size].to(device)).to(x.device))
     if not outs:
         raise ValueError("x: no samples (N = 0)")
     return torch.cat(outs)

@@ -17,13 +17,13 @@ Example:
     >>> neural_efficiency(model, x).layers
     {'1': 1.0}
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
 from qaprune.metrics.classification import eval_mode, model_device
@@ -134,9 +134,8 @@ def aiq(efficiency: float, accuracy: float, *, beta: float = 2.0) -> float:
         0.5848
     """
     if efficiency < 0 or accuracy < 0 or beta < 0:
-        raise ValueError(f"aiq: efficiency {efficiency}, accuracy {accuracy} and beta {beta} "
-                         "must be >= 0")
-    return float((efficiency ** beta * accuracy) ** (1.0 / (beta + 1.0)))
+        raise ValueError(f"aiq: efficiency {efficiency}, accuracy {accuracy} and beta {beta} must be >= 0")
+    return float((efficiency**beta * accuracy) ** (1.0 / (beta + 1.0)))
 
 
 @dataclass
@@ -152,12 +151,12 @@ class EfficiencyResult:
         return aiq(self.efficiency, accuracy, beta=beta)
 
     def to_dict(self) -> dict:
-        return {"layers": dict(self.layers), "efficiency": self.efficiency,
-                "neurons": dict(self.neurons)}
+        return {"layers": dict(self.layers), "efficiency": self.efficiency, "neurons": dict(self.neurons)}
 
 
 def _hooks(model: nn.Module, counters: dict[str, PatternCounter], calls: dict[str, int]) -> list:
     """Forward hooks; a module called k > 0 more times in one forward counts as "name:k"."""
+
     def make(name: str):
         def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
             if not isinstance(output, Tensor) or output.ndim == 0:
@@ -166,10 +165,10 @@ def _hooks(model: nn.Module, counters: dict[str, PatternCounter], calls: dict[st
             calls[name] = k + 1
             key = name if k == 0 else f"{name}:{k}"
             counters.setdefault(key, PatternCounter()).add(firing(output.detach()))
+
         return hook
 
-    return [m.register_forward_hook(make(n or type(m).__name__))
-            for n, m in activation_layers(model).items()]
+    return [m.register_forward_hook(make(n or type(m).__name__)) for n, m in activation_layers(model).items()]
 
 
 def neural_efficiency(model: nn.Module, x: Tensor, *, batch_size: int = 4096) -> EfficiencyResult:
@@ -189,7 +188,7 @@ def neural_efficiency(model: nn.Module, x: Tensor, *, batch_size: int = 4096) ->
         with eval_mode(model):
             for start in range(0, x.shape[0], batch_size):
                 calls.clear()
-                model(x[start:start + batch_size].to(device))
+                model(x[start : start + batch_size].to(device))
     finally:
         for handle in handles:
             handle.remove()

@@ -4,6 +4,7 @@ The median of ``repeats`` timed calls (``time.perf_counter``) after ``warmup`` u
 with the 10th and 90th percentiles. Speed claims belong in ``bench/``; tests only check that
 the numbers are sane.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,9 +24,16 @@ from torch import nn
 BACKENDS = ("torch", "ort")
 
 
-def measure_latency(model_or_onnx_path: nn.Module | str | os.PathLike, input_shape: Sequence[int], *,
-                    batch_sizes: Sequence[int] = (1, 256), threads: Sequence[int] = (1, 2),
-                    backend: str = "torch", warmup: int = 10, repeats: int = 50) -> list[dict]:
+def measure_latency(
+    model_or_onnx_path: nn.Module | str | os.PathLike,
+    input_shape: Sequence[int],
+    *,
+    batch_sizes: Sequence[int] = (1, 256),
+    threads: Sequence[int] = (1, 2),
+    backend: str = "torch",
+    warmup: int = 10,
+    repeats: int = 50,
+) -> list[dict]:
     """Latency of a model (or an ``.onnx`` file with ``backend="ort"``) on random float inputs.
     input_shape: one sample's shape, e.g. ``(1, 28, 28)``. -> one dict per (batch, threads):
     ``batch, threads, backend, median_ms, p10_ms, p90_ms, throughput_per_s`` (+ ``export``: how
@@ -46,8 +54,9 @@ def measure_latency(model_or_onnx_path: nn.Module | str | os.PathLike, input_sha
             raise ValueError("measure_latency: backend='torch' needs an nn.Module, not a file")
         return _torch_rows(model_or_onnx_path, tuple(input_shape), batch_sizes, threads, warmup, repeats)
     if not is_model:
-        return _ort_rows(str(model_or_onnx_path), tuple(input_shape), batch_sizes, threads, warmup,
-                         repeats, export=None)
+        return _ort_rows(
+            str(model_or_onnx_path), tuple(input_shape), batch_sizes, threads, warmup, repeats, export=None
+        )
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.onnx")
         how = export_onnx(model_or_onnx_path, tuple(input_shape), path)
@@ -65,24 +74,37 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str) -> st
     try:
         with quiet, warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            torch.onnx.export(model, (x,), path, dynamo=True, external_data=False,
-                              dynamic_shapes=({0: torch.export.Dim("batch")},))
+            torch.onnx.export(
+                model, (x,), path, dynamo=True, external_data=False, dynamic_shapes=({0: torch.export.Dim("batch")},)
+            )
         return "dynamo"
     except Exception as exc:  # any exporter failure: fall back and say so
         cause = exc.__cause__ or exc  # the exporter wraps torch.export's own error
         first = re.sub(r"\x1b\[[0-9;]*m", "", str(cause)).strip().split("\n")[0]
         reason = f"{type(cause).__name__}: {first}"[:200]
         with quiet:
-            torch.onnx.export(model, (x,), path, dynamo=False, input_names=["input"],
-                              output_names=["output"], dynamic_axes={"input": {0: "batch"},
-                                                                      "output": {0: "batch"}})
+            torch.onnx.export(
+                model,
+                (x,),
+                path,
+                dynamo=False,
+                input_names=["input"],
+                output_names=["output"],
+                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+            )
         return f"torchscript (dynamo failed: {reason})"
     finally:
         model.train(was_training)
 
 
-def _torch_rows(model: nn.Module, shape: tuple[int, ...], batch_sizes: Sequence[int],
-                threads: Sequence[int], warmup: int, repeats: int) -> list[dict]:
+def _torch_rows(
+    model: nn.Module,
+    shape: tuple[int, ...],
+    batch_sizes: Sequence[int],
+    threads: Sequence[int],
+    warmup: int,
+    repeats: int,
+) -> list[dict]:
     previous, was_training = torch.get_num_threads(), getattr(model, "training", False)
     if was_training:
         model.eval()
@@ -93,7 +115,7 @@ def _torch_rows(model: nn.Module, shape: tuple[int, ...], batch_sizes: Sequence[
                 torch.set_num_threads(t)
                 for b in batch_sizes:
                     x = torch.randn(b, *shape)
-                    rows.append(_row(lambda: model(x), b, t, "torch", warmup, repeats))
+                    rows.append(_row(lambda x=x: model(x), b, t, "torch", warmup, repeats))
     finally:
         torch.set_num_threads(previous)
         if was_training:
@@ -101,8 +123,16 @@ def _torch_rows(model: nn.Module, shape: tuple[int, ...], batch_sizes: Sequence[
     return rows
 
 
-def _ort_rows(path: str, shape: tuple[int, ...], batch_sizes: Sequence[int], threads: Sequence[int],
-              warmup: int, repeats: int, *, export: str | None) -> list[dict]:
+def _ort_rows(
+    path: str,
+    shape: tuple[int, ...],
+    batch_sizes: Sequence[int],
+    threads: Sequence[int],
+    warmup: int,
+    repeats: int,
+    *,
+    export: str | None,
+) -> list[dict]:
     import numpy as np
     import onnxruntime as ort
 
@@ -115,13 +145,12 @@ def _ort_rows(path: str, shape: tuple[int, ...], batch_sizes: Sequence[int], thr
         name = session.get_inputs()[0].name
         for b in batch_sizes:
             feed = {name: np.random.default_rng(0).standard_normal((b, *shape), dtype=np.float32)}
-            row = _row(lambda: session.run(None, feed), b, t, "ort", warmup, repeats)
+            row = _row(lambda s=session, f=feed: s.run(None, f), b, t, "ort", warmup, repeats)
             rows.append(row if export is None else {**row, "export": export})
     return rows
 
 
-def _row(call: Callable[[], object], batch: int, threads: int, backend: str, warmup: int,
-         repeats: int) -> dict:
+def _row(call: Callable[[], object], batch: int, threads: int, backend: str, warmup: int, repeats: int) -> dict:
     for _ in range(warmup):
         call()
     times = []
@@ -130,9 +159,15 @@ def _row(call: Callable[[], object], batch: int, threads: int, backend: str, war
         call()
         times.append((time.perf_counter() - start) * 1e3)
     median = statistics.median(times)
-    return {"batch": batch, "threads": threads, "backend": backend, "median_ms": median,
-            "p10_ms": _percentile(times, 0.1), "p90_ms": _percentile(times, 0.9),
-            "throughput_per_s": batch / (median / 1e3) if median > 0 else float("inf")}
+    return {
+        "batch": batch,
+        "threads": threads,
+        "backend": backend,
+        "median_ms": median,
+        "p10_ms": _percentile(times, 0.1),
+        "p90_ms": _percentile(times, 0.9),
+        "throughput_per_s": batch / (median / 1e3) if median > 0 else float("inf"),
+    }
 
 
 def _percentile(values: list[float], q: float) -> float:

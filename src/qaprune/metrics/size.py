@@ -5,6 +5,7 @@ The model is baked on a copy and each tensor is stored in its smallest exact enc
 raw). ``size_bytes`` is the real length of that file, header included; ``load_packed`` restores
 the baked state dict exactly. ``fp32_bytes`` is the same model as dense float32.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,7 @@ def pack(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, str]]:
     from safetensors.torch import load
 
     data = packed_bytes(model)
-    header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
     return load(data), header["__metadata__"]
 
 
@@ -45,8 +46,7 @@ def _plain_state(model: nn.Module) -> dict[str, Tensor]:
 def fp32_bytes(model: nn.Module) -> int:
     """Bytes of the same model's float32 tensors, unpruned (the raw payload, no header)."""
     state = _plain_state(model)
-    floats = sum(v.numel() for k, v in state.items()
-                 if v.is_floating_point() and not k.endswith("num_batches_tracked"))
+    floats = sum(v.numel() for k, v in state.items() if v.is_floating_point() and not k.endswith("num_batches_tracked"))
     weights = sum(m.weight.numel() for m in model.modules() if parametrize.is_parametrized(m, "weight"))
     return 4 * (floats + weights)
 

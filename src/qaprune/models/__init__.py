@@ -1,10 +1,11 @@
 """Model builders: a registry of plain factories, plus any user ``module.path:factory``."""
+
 from __future__ import annotations
 
 import importlib
 import inspect
-from collections import OrderedDict
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from torch import nn
@@ -63,8 +64,14 @@ def _norm(width: int, batchnorm: str, *, dims: int) -> nn.Module:
 
 
 @MODELS.register("mlp")
-def mlp(*, input_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (64, 32, 32),
-        batchnorm: str = "affine", dropout: float = 0.0) -> nn.Module:
+def mlp(
+    *,
+    input_shape: Sequence[int],
+    num_classes: int,
+    hidden: Sequence[int] = (64, 32, 32),
+    batchnorm: str = "affine",
+    dropout: float = 0.0,
+) -> nn.Module:
     """The jet-tagging MLP of Ps and Qs: in → 64 → 32 → 32 → classes (widths configurable).
 
     Layers are named ``fc1..fcK`` with ``bn``/``act`` after each hidden layer; the input is
@@ -74,8 +81,7 @@ def mlp(*, input_shape: Sequence[int], num_classes: int, hidden: Sequence[int] =
     layers: list[tuple[str, nn.Module]] = [("input_quant", nn.Identity()), ("flatten", nn.Flatten())]
     width = math.prod(input_shape)
     for i, h in enumerate(hidden, start=1):
-        layers += [(f"fc{i}", nn.Linear(width, h)), (f"bn{i}", _norm(h, batchnorm, dims=1)),
-                   (f"act{i}", nn.ReLU())]
+        layers += [(f"fc{i}", nn.Linear(width, h)), (f"bn{i}", _norm(h, batchnorm, dims=1)), (f"act{i}", nn.ReLU())]
         if dropout:
             layers.append((f"drop{i}", nn.Dropout(dropout)))
         width = h
@@ -90,8 +96,11 @@ def lenet300(*, input_shape: Sequence[int], num_classes: int, batchnorm: str = "
 
 
 def _conv_block(c_in: int, c_out: int, batchnorm: str, index: int) -> list[tuple[str, nn.Module]]:
-    return [(f"conv{index}", nn.Conv2d(c_in, c_out, 3, padding=1, bias=batchnorm == "none")),
-            (f"bn{index}", _norm(c_out, batchnorm, dims=2)), (f"act{index}", nn.ReLU())]
+    return [
+        (f"conv{index}", nn.Conv2d(c_in, c_out, 3, padding=1, bias=batchnorm == "none")),
+        (f"bn{index}", _norm(c_out, batchnorm, dims=2)),
+        (f"act{index}", nn.ReLU()),
+    ]
 
 
 @MODELS.register("lenet5")
@@ -103,19 +112,43 @@ def lenet5(*, input_shape: Sequence[int], num_classes: int, batchnorm: str = "no
     """
     c, h, w = _image_shape(input_shape)
     big = min(h, w) >= 16  # small inputs (8×8 digits) keep their size through the second conv
-    feats = nn.Sequential(nn.Conv2d(c, 6, 5, padding=2), _norm(6, batchnorm, dims=2), nn.ReLU(),
-                          nn.MaxPool2d(2), nn.Conv2d(6, 16, 5, padding=0 if big else 2),
-                          _norm(16, batchnorm, dims=2), nn.ReLU(), nn.MaxPool2d(2) if big else nn.Identity())
+    feats = nn.Sequential(
+        nn.Conv2d(c, 6, 5, padding=2),
+        _norm(6, batchnorm, dims=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5, padding=0 if big else 2),
+        _norm(16, batchnorm, dims=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2) if big else nn.Identity(),
+    )
     flat = _flat_size(feats, (c, h, w))
-    return nn.Sequential(OrderedDict([
-        ("input_quant", nn.Identity()), ("features", feats), ("flatten", nn.Flatten()),
-        ("fc1", nn.Linear(flat, 120)), ("act_fc1", nn.ReLU()), ("fc2", nn.Linear(120, 84)),
-        ("act_fc2", nn.ReLU()), ("fc3", nn.Linear(84, num_classes))]))
+    return nn.Sequential(
+        OrderedDict(
+            [
+                ("input_quant", nn.Identity()),
+                ("features", feats),
+                ("flatten", nn.Flatten()),
+                ("fc1", nn.Linear(flat, 120)),
+                ("act_fc1", nn.ReLU()),
+                ("fc2", nn.Linear(120, 84)),
+                ("act_fc2", nn.ReLU()),
+                ("fc3", nn.Linear(84, num_classes)),
+            ]
+        )
+    )
 
 
 @MODELS.register("vgg_small")
-def vgg_small(*, input_shape: Sequence[int], num_classes: int, widths: Sequence[int] = (32, 64, 128),
-              convs_per_stage: int = 2, batchnorm: str = "affine", hidden: int = 128) -> nn.Module:
+def vgg_small(
+    *,
+    input_shape: Sequence[int],
+    num_classes: int,
+    widths: Sequence[int] = (32, 64, 128),
+    convs_per_stage: int = 2,
+    batchnorm: str = "affine",
+    hidden: int = 128,
+) -> nn.Module:
     """A small VGG-style CNN: stages of 3×3 conv-BN-ReLU blocks, each stage ending in a 2×2
     max-pool, then global average pooling, a hidden linear layer and the classifier.
     x (N, C, H, W) -> logits (N, num_classes).
@@ -130,9 +163,13 @@ def vgg_small(*, input_shape: Sequence[int], num_classes: int, widths: Sequence[
         if min(h, w) >= 2:
             layers.append((f"pool{s}", nn.MaxPool2d(2)))
             h, w = h // 2, w // 2
-    layers += [("gap", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()),
-               ("fc1", nn.Linear(c_in, hidden)), ("act_fc1", nn.ReLU()),
-               ("fc2", nn.Linear(hidden, num_classes))]
+    layers += [
+        ("gap", nn.AdaptiveAvgPool2d(1)),
+        ("flatten", nn.Flatten()),
+        ("fc1", nn.Linear(c_in, hidden)),
+        ("act_fc1", nn.ReLU()),
+        ("fc2", nn.Linear(hidden, num_classes)),
+    ]
     return nn.Sequential(OrderedDict(layers))
 
 
@@ -149,4 +186,6 @@ def _flat_size(features: nn.Module, shape: tuple[int, int, int]) -> int:
 
     with torch.no_grad():
         return int(features(torch.zeros(1, *shape)).numel())
+
+
 from qaprune.models import resnet as _resnet  # noqa: E402,F401  (registers resnet8)

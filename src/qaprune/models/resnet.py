@@ -5,6 +5,7 @@ conv-BN shortcut, then ReLU), global average pooling and a linear classifier: se
 convolutions and one linear layer (the eight of the name), plus two 1×1 shortcut convolutions.
 ReLUs are ``nn.ReLU`` modules so that ``attach`` can quantize them.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -35,9 +36,14 @@ class BasicBlock(nn.Module):
         self.bn2 = _norm(c_out, batchnorm, dims=2)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(OrderedDict([
-                ("conv", nn.Conv2d(c_in, c_out, 1, stride=stride, bias=bias)),
-                ("bn", _norm(c_out, batchnorm, dims=2))]))
+            self.shortcut = nn.Sequential(
+                OrderedDict(
+                    [
+                        ("conv", nn.Conv2d(c_in, c_out, 1, stride=stride, bias=bias)),
+                        ("bn", _norm(c_out, batchnorm, dims=2)),
+                    ]
+                )
+            )
         self.act2 = nn.ReLU()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -46,8 +52,9 @@ class BasicBlock(nn.Module):
 
 
 @MODELS.register("resnet8")
-def resnet8(*, input_shape: Sequence[int], num_classes: int, widths: Sequence[int] = (16, 32, 64),
-            batchnorm: str = "affine") -> nn.Module:
+def resnet8(
+    *, input_shape: Sequence[int], num_classes: int, widths: Sequence[int] = (16, 32, 64), batchnorm: str = "affine"
+) -> nn.Module:
     """ResNet-8: stem conv(widths[0]) → one basic block per width (stride 2 after the first)
     → global average pool → linear. x (N, C, H, W) -> logits (N, num_classes).
 
@@ -65,12 +72,13 @@ def resnet8(*, input_shape: Sequence[int], num_classes: int, widths: Sequence[in
     layers: list[tuple[str, nn.Module]] = [
         ("input_quant", nn.Identity()),
         ("conv1", nn.Conv2d(c, widths[0], 3, padding=1, bias=batchnorm == "none")),
-        ("bn1", _norm(widths[0], batchnorm, dims=2)), ("act1", nn.ReLU())]
+        ("bn1", _norm(widths[0], batchnorm, dims=2)),
+        ("act1", nn.ReLU()),
+    ]
     c_in = widths[0]
     for i, width in enumerate(widths, start=1):
         block = BasicBlock(c_in, width, stride=1 if i == 1 else 2, batchnorm=batchnorm)
         layers.append((f"layer{i}", block))
         c_in = width
-    layers += [("gap", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()),
-               ("fc", nn.Linear(c_in, num_classes))]
+    layers += [("gap", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()), ("fc", nn.Linear(c_in, num_classes))]
     return nn.Sequential(OrderedDict(layers))

@@ -1,8 +1,17 @@
 """Pruning: criteria score, structures turn scores into masks, schedules say how much when."""
+
 from qaprune.prune.criteria import CRITERIA, LayerStats
 from qaprune.prune.pruner import Mask, current_sparsity, prunable_layers, prune_to
 from qaprune.prune.schedules import SCHEDULES
 from qaprune.prune.structures import STRUCTURES
 
-__all__ = ["CRITERIA", "STRUCTURES", "SCHEDULES", "LayerStats", "Mask", "prune_to",
-           "prunable_layers", "current_sparsity"]
+__all__ = [
+    "CRITERIA",
+    "STRUCTURES",
+    "SCHEDULES",
+    "LayerStats",
+    "Mask",
+    "prune_to",
+    "prunable_layers",
+    "current_sparsity",
+]

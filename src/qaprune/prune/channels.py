@@ -15,6 +15,7 @@ layers of different scale weigh the same (torch-pruning's group importance with 
 normalization). Criteria that need data score producers only (their statistics describe a layer's
 outputs).
 """
+
 from __future__ import annotations
 
 import math
@@ -31,11 +32,19 @@ _NEG_INF = float("-inf")
 
 
 @torch.no_grad()
-def prune_channels(model: nn.Module, sparsity: float, *, example_input: Tensor, criterion: str = "magnitude",
-                   allocation: str = "uniform", fixed: dict[str, float] | None = None,
-                   stats: dict[str, LayerStats] | None = None, generator: torch.Generator | None = None,
-                   structure_args: dict | None = None, layer_args: dict[str, dict] | None = None
-                   ) -> dict[str, float]:
+def prune_channels(
+    model: nn.Module,
+    sparsity: float,
+    *,
+    example_input: Tensor,
+    criterion: str = "magnitude",
+    allocation: str = "uniform",
+    fixed: dict[str, float] | None = None,
+    stats: dict[str, LayerStats] | None = None,
+    generator: torch.Generator | None = None,
+    structure_args: dict | None = None,
+    layer_args: dict[str, dict] | None = None,
+) -> dict[str, float]:
     """Prune whole channel groups of ``model`` to ``sparsity`` (a fraction of each free group's
     channels under "uniform"; of all free channels under "global"/"lamp"). ``fixed``: layer name ->
     the sparsity of the groups it produces. ``structure_args`` (per layer: ``layer_args[root]``):
@@ -54,6 +63,7 @@ def prune_channels(model: nn.Module, sparsity: float, *, example_input: Tensor, 
     """
     if allocation not in ALLOCATIONS:
         from qaprune.errors import RecipeError
+
         raise RecipeError(f"recipe.prune.allocation: {allocation!r}; allowed: {', '.join(ALLOCATIONS)}")
     layers, fixed, layer_args = prunable_layers(model), fixed or {}, layer_args or {}
     groups = [g for g in channel_groups(model, example_input) if _free(g, layers)]
@@ -91,16 +101,23 @@ def _args(args: dict, root: str) -> dict:
 
     unknown = set(args) - {"reduce", "round_to", "coupled"}
     if unknown:
-        raise RecipeError(f"prune.structure channels: layer {root!r}: unknown structure_args "
-                          f"{sorted(unknown)}; allowed: reduce, round_to, coupled")
-    out = {"reduce": args.get("reduce", "sum"), "round_to": args.get("round_to", 1),
-           "coupled": bool(args.get("coupled", True))}
+        raise RecipeError(
+            f"prune.structure channels: layer {root!r}: unknown structure_args "
+            f"{sorted(unknown)}; allowed: reduce, round_to, coupled"
+        )
+    out = {
+        "reduce": args.get("reduce", "sum"),
+        "round_to": args.get("round_to", 1),
+        "coupled": bool(args.get("coupled", True)),
+    }
     if out["reduce"] not in REDUCTIONS:
-        raise RecipeError(f"prune.structure channels: layer {root!r}: reduce={out['reduce']!r}; "
-                          f"allowed: {', '.join(REDUCTIONS)}")
+        raise RecipeError(
+            f"prune.structure channels: layer {root!r}: reduce={out['reduce']!r}; allowed: {', '.join(REDUCTIONS)}"
+        )
     if not isinstance(out["round_to"], int) or isinstance(out["round_to"], bool) or out["round_to"] < 1:
-        raise RecipeError(f"prune.structure channels: layer {root!r}: round_to={out['round_to']!r}; "
-                          "need a positive integer")
+        raise RecipeError(
+            f"prune.structure channels: layer {root!r}: round_to={out['round_to']!r}; need a positive integer"
+        )
     return out
 
 
@@ -109,9 +126,17 @@ def _fixed(group: ChannelGroup, fixed: dict[str, float]) -> float | None:
     return max(values) if values else None
 
 
-def group_scores(model: nn.Module, group: ChannelGroup, criterion: str, stats: dict[str, LayerStats],
-                 generator: torch.Generator | None = None, *, reduce: str = "sum", coupled: bool = True,
-                 round_to: int = 1) -> Tensor:
+def group_scores(
+    model: nn.Module,
+    group: ChannelGroup,
+    criterion: str,
+    stats: dict[str, LayerStats],
+    generator: torch.Generator | None = None,
+    *,
+    reduce: str = "sum",
+    coupled: bool = True,
+    round_to: int = 1,
+) -> Tensor:
     """Scores of a group's channels -> (group.size,), higher means keep; channels that are already
     exactly zero score -inf (pruned stays pruned). ``round_to`` is accepted and ignored."""
     score_fn = CRITERIA.get(criterion)
@@ -166,7 +191,7 @@ def _allocate(scores: dict[str, Tensor], sparsity: float, allocation: str) -> di
         kept[torch.topk(flat, n_keep, sorted=False).indices] = True
     out, start = {}, 0
     for r, s in scores.items():
-        out[r] = int(kept[start:start + s.numel()].sum())
+        out[r] = int(kept[start : start + s.numel()].sum())
         start += s.numel()
     return out
 

@@ -6,6 +6,7 @@ declares what it reads in ``fn.needs`` (a frozenset of ``LayerStats`` field name
 ``RecipeError`` naming the layer when that is missing. Channel-level criteria give one score
 per output channel, broadcast over that channel's weights.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -32,25 +33,27 @@ class LayerStats:
     """
 
     name: str = ""
-    grad: Tensor | None = None            # accumulated ∂L/∂w, same shape as the weight
+    grad: Tensor | None = None  # accumulated ∂L/∂w, same shape as the weight
     extra: dict[str, Tensor] = field(default_factory=dict)
     generator: torch.Generator | None = None
-    activations: Tensor | None = None     # the layer's outputs on a calibration batch (N, out, ...)
-    hessian: Tensor | None = None         # Hutchinson estimate of diag(∂²L/∂w²), weight's shape
-    momentum: Tensor | None = None        # running (exponential) average of |w| over training steps
+    activations: Tensor | None = None  # the layer's outputs on a calibration batch (N, out, ...)
+    hessian: Tensor | None = None  # Hutchinson estimate of diag(∂²L/∂w²), weight's shape
+    momentum: Tensor | None = None  # running (exponential) average of |w| over training steps
 
 
 _HOW = {
     "grad": "qaprune.prune.stats.collect_stats(model, x, y, needs={'grad'})",
     "activations": "qaprune.prune.stats.collect_stats(model, x, y, needs={'activations'})",
     "hessian": "qaprune.prune.stats.collect_stats(model, x, y, needs={'hessian'})",
-    "momentum": ("tracker = qaprune.prune.stats.MomentumTracker(model) passed as "
-                 "fit(..., on_step=tracker), then tracker.stats()"),
+    "momentum": (
+        "tracker = qaprune.prune.stats.MomentumTracker(model) passed as fit(..., on_step=tracker), then tracker.stats()"
+    ),
 }
 
 
 def needs(*what: str) -> Callable[[F], F]:
     """Declare the ``LayerStats`` fields a criterion reads: sets ``fn.needs`` (a frozenset)."""
+
     def deco(fn: F) -> F:
         fn.needs = frozenset(what)  # type: ignore[attr-defined]
         return fn
@@ -62,13 +65,18 @@ def require(stats: LayerStats, criterion: str, what: str, weight: Tensor) -> Ten
     """``stats.<what>``, checked against ``weight`` (out, ...); a clear RecipeError if missing."""
     value = getattr(stats, what)
     if value is None:
-        raise RecipeError(f"criterion {criterion!r} needs {what} for layer {stats.name!r}: collect it "
-                          f"with {_HOW[what]} and pass the result as prune_to(..., stats=...)")
-    ok = (value.dim() >= 2 and value.shape[1] == weight.shape[0] if what == "activations"
-          else value.shape == weight.shape)
+        raise RecipeError(
+            f"criterion {criterion!r} needs {what} for layer {stats.name!r}: collect it "
+            f"with {_HOW[what]} and pass the result as prune_to(..., stats=...)"
+        )
+    ok = (
+        value.dim() >= 2 and value.shape[1] == weight.shape[0] if what == "activations" else value.shape == weight.shape
+    )
     if not ok:
-        raise RecipeError(f"criterion {criterion!r}: stats.{what} of layer {stats.name!r} has shape "
-                          f"{tuple(value.shape)}, which does not fit the weight {tuple(weight.shape)}")
+        raise RecipeError(
+            f"criterion {criterion!r}: stats.{what} of layer {stats.name!r} has shape "
+            f"{tuple(value.shape)}, which does not fit the weight {tuple(weight.shape)}"
+        )
     return value.detach()
 
 
@@ -248,7 +256,7 @@ def frequent_directions(A: Tensor, ell: int) -> Tensor:
     buf, filled, i = rows.new_zeros(2 * ell, rows.shape[1]), 0, 0
     while i < rows.shape[0]:
         take = min(2 * ell - filled, rows.shape[0] - i)
-        buf[filled:filled + take] = rows[i:i + take]
+        buf[filled : filled + take] = rows[i : i + take]
         filled, i = filled + take, i + take
         if filled == 2 * ell:
             buf, filled = _fd_shrink(buf, ell), ell
@@ -263,7 +271,7 @@ def _fd_shrink(buf: Tensor, ell: int) -> Tensor:
     delta = s[ell].square() if s.numel() > ell else s.new_zeros(())
     s = (s.square() - delta).clamp_min(0).sqrt()
     out = buf.new_zeros(buf.shape)
-    out[:s.numel()] = s[:, None] * vh
+    out[: s.numel()] = s[:, None] * vh
     return out
 
 

@@ -17,6 +17,7 @@ The best individual is applied with ``mask_channels`` (so ``shrink`` removes it 
 fine-tune with the dense model as teacher, either through ``genetic_prune_and_distill`` or
 ``fit(model, ..., spec=TrainSpec(..., distill={"weight": 0.5}), teacher=dense)``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -52,11 +53,25 @@ class GeneticResult:
     fitness: str = "ce"
 
 
-def genetic_channels(model: nn.Module, x: Tensor, y: Tensor, *, sparsity: float, example_input: Tensor,
-                     population: int = 16, generations: int = 10, mutation: float = 0.05,
-                     crossover: float = 0.5, elite: int = 2, fitness_samples: int = 512, seed: int = 0,
-                     teacher: nn.Module | None = None, fitness: str | None = None,
-                     temperature: float = 4.0, tournament: int = 3) -> GeneticResult:
+def genetic_channels(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    sparsity: float,
+    example_input: Tensor,
+    population: int = 16,
+    generations: int = 10,
+    mutation: float = 0.05,
+    crossover: float = 0.5,
+    elite: int = 2,
+    fitness_samples: int = 512,
+    seed: int = 0,
+    teacher: nn.Module | None = None,
+    fitness: str | None = None,
+    temperature: float = 4.0,
+    tournament: int = 3,
+) -> GeneticResult:
     """Evolve per-group keep-vectors of ``model`` at ``sparsity`` and mask the best in place.
     x (N, ...) float, y (N,) int64: training data on the model's device (``fitness_samples`` of
     them, drawn with ``seed``, score individuals). example_input (n, ...): a batch to trace.
@@ -87,23 +102,34 @@ def genetic_channels(model: nn.Module, x: Tensor, y: Tensor, *, sparsity: float,
         fits = [score(ind) for ind in pop]
         initial, history = fits[0], [max(fits)]
         for _ in range(generations):
-            pop, fits = _next_generation(pop, fits, counts, gen, score, mutation=mutation,
-                                         crossover=crossover, elite=elite, tournament=tournament)
+            pop, fits = _next_generation(
+                pop,
+                fits,
+                counts,
+                gen,
+                score,
+                mutation=mutation,
+                crossover=crossover,
+                elite=elite,
+                tournament=tournament,
+            )
             history.append(max(fits))
     finally:
         score.close()
     best = pop[max(range(len(pop)), key=fits.__getitem__)]
     apply_keeps(model, groups, best)
-    return GeneticResult({g.root: k.clone() for g, k in zip(groups, best)}, history, initial,
-                         max(fits), fitness)
+    return GeneticResult({g.root: k.clone() for g, k in zip(groups, best)}, history, initial, max(fits), fitness)
 
 
 def free_groups(model: nn.Module, example_input: Tensor) -> list[ChannelGroup]:
     """The groups ``genetic_channels`` selects in: prunable, with Linear/Conv producers that all
     carry a ``Mask`` (any producer when no layer has one: masks are then added)."""
     layers = prunable_layers(model)
-    return [g for g in channel_groups(model, example_input) if g.prunable and g.producers
-            and (not layers or all(p in layers for p in g.producers))]
+    return [
+        g
+        for g in channel_groups(model, example_input)
+        if g.prunable and g.producers and (not layers or all(p in layers for p in g.producers))
+    ]
 
 
 @torch.no_grad()
@@ -115,8 +141,17 @@ def apply_keeps(model: nn.Module, groups: list[ChannelGroup], keeps: Individual)
         _mask_columns(model, g, keep)
 
 
-def _check(sparsity: float, population: int, generations: int, mutation: float, crossover: float,
-           elite: int, fitness: str, teacher: nn.Module | None, tournament: int) -> None:
+def _check(
+    sparsity: float,
+    population: int,
+    generations: int,
+    mutation: float,
+    crossover: float,
+    elite: int,
+    fitness: str,
+    teacher: nn.Module | None,
+    tournament: int,
+) -> None:
     problems = [
         (not 0.0 <= sparsity < 1.0, f"sparsity: {sparsity} is not in [0, 1)"),
         (population < 2, f"population: {population} is not >= 2"),
@@ -165,9 +200,9 @@ def _repair(keep: Tensor, count: int, gen: torch.Generator) -> Tensor:
     keep = keep.clone()
     on, off = keep.nonzero().flatten(), (~keep).nonzero().flatten()
     if len(on) > count:
-        keep[on[torch.randperm(len(on), generator=gen)[:len(on) - count]]] = False
+        keep[on[torch.randperm(len(on), generator=gen)[: len(on) - count]]] = False
     elif len(on) < count:
-        keep[off[torch.randperm(len(off), generator=gen)[:count - len(on)]]] = True
+        keep[off[torch.randperm(len(off), generator=gen)[: count - len(on)]]] = True
     return keep
 
 
@@ -200,9 +235,18 @@ def _select(fits: list[float], size: int, gen: torch.Generator) -> int:
     return max(picks, key=fits.__getitem__)
 
 
-def _next_generation(pop: list[Individual], fits: list[float], counts: list[int], gen: torch.Generator,
-                     score, *, mutation: float, crossover: float, elite: int, tournament: int
-                     ) -> tuple[list[Individual], list[float]]:
+def _next_generation(
+    pop: list[Individual],
+    fits: list[float],
+    counts: list[int],
+    gen: torch.Generator,
+    score,
+    *,
+    mutation: float,
+    crossover: float,
+    elite: int,
+    tournament: int,
+) -> tuple[list[Individual], list[float]]:
     order = sorted(range(len(pop)), key=lambda i: -fits[i])
     new_pop, new_fits = [pop[i] for i in order[:elite]], [fits[i] for i in order[:elite]]
     while len(new_pop) < len(pop):
@@ -219,8 +263,16 @@ class _Scorer:
     """Fitness of individuals on fixed samples, through hooks on a working copy (eval mode);
     memoized, since elites and unchanged children recur."""
 
-    def __init__(self, model: nn.Module, groups: list[ChannelGroup], x: Tensor, y: Tensor,
-                 target: Tensor | None, fitness: str, temperature: float) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        groups: list[ChannelGroup],
+        x: Tensor,
+        y: Tensor,
+        target: Tensor | None,
+        fitness: str,
+        temperature: float,
+    ) -> None:
         self.net, self.groups = copy.deepcopy(model).eval(), groups
         self.x, self.y, self.target, self.fitness, self.t = x, y, target, fitness, temperature
         self.vectors: dict[tuple[str, int], Tensor] = {}
@@ -234,6 +286,7 @@ class _Scorer:
         def hook(_mod: nn.Module, _inp, out: Tensor) -> Tensor:
             v = self.vectors[(name, gi)].to(out.dtype)
             return out * (v if kind == "linear" else v.reshape(1, -1, *([1] * (out.dim() - 2))))
+
         return hook
 
     @torch.no_grad()
@@ -261,8 +314,9 @@ class _Scorer:
             h.remove()
 
 
-def fitness_value(logits: Tensor, y: Tensor, fitness: str, *, target: Tensor | None = None,
-                  temperature: float = 4.0) -> float:
+def fitness_value(
+    logits: Tensor, y: Tensor, fitness: str, *, target: Tensor | None = None, temperature: float = 4.0
+) -> float:
     """Higher is better. logits, target (N, C); y (N,). "accuracy": the fraction right; "ce":
     −CE; "kd": −(CE + T²·KL(softmax(target/T) ‖ softmax(logits/T)))."""
     if fitness == "accuracy":
@@ -270,15 +324,26 @@ def fitness_value(logits: Tensor, y: Tensor, fitness: str, *, target: Tensor | N
     loss = F.cross_entropy(logits, y)
     if fitness == "kd":
         t = temperature
-        loss = loss + t * t * F.kl_div(F.log_softmax(logits / t, 1), F.log_softmax(target / t, 1),
-                                       reduction="batchmean", log_target=True)
+        loss = loss + t * t * F.kl_div(
+            F.log_softmax(logits / t, 1), F.log_softmax(target / t, 1), reduction="batchmean", log_target=True
+        )
     return -float(loss)
 
 
-def genetic_prune_and_distill(model: nn.Module, x_train: Tensor, y_train: Tensor, x_val: Tensor,
-                              y_val: Tensor, *, sparsity: float, example_input: Tensor, spec: TrainSpec,
-                              teacher: nn.Module | None = None, seed: int = 0, **genetic_args
-                              ) -> tuple[GeneticResult, FitResult]:
+def genetic_prune_and_distill(
+    model: nn.Module,
+    x_train: Tensor,
+    y_train: Tensor,
+    x_val: Tensor,
+    y_val: Tensor,
+    *,
+    sparsity: float,
+    example_input: Tensor,
+    spec: TrainSpec,
+    teacher: nn.Module | None = None,
+    seed: int = 0,
+    **genetic_args,
+) -> tuple[GeneticResult, FitResult]:
     """Hu et al.'s flow: genetic selection (``genetic_channels``, KD fitness), then ``fit`` with
     distillation from ``teacher`` (default: a frozen copy of ``model`` before pruning).
     ``spec``: a ``TrainSpec``; without ``distill`` the ``DistillSpec`` defaults are used. The
@@ -302,8 +367,16 @@ def genetic_prune_and_distill(model: nn.Module, x_train: Tensor, y_train: Tensor
 
     if teacher is None:
         teacher = bake(copy.deepcopy(model)).eval()
-    result = genetic_channels(model, x_train, y_train, sparsity=sparsity, example_input=example_input,
-                              seed=seed, teacher=teacher, **genetic_args)
+    result = genetic_channels(
+        model,
+        x_train,
+        y_train,
+        sparsity=sparsity,
+        example_input=example_input,
+        seed=seed,
+        teacher=teacher,
+        **genetic_args,
+    )
     if spec.distill is None:
         spec = spec.model_copy(update={"distill": DistillSpec()})
     return result, fit(model, x_train, y_train, x_val, y_val, spec=spec, seed=seed, teacher=teacher)

@@ -7,6 +7,7 @@ that consume it. ``mask_channels`` zeroes a group's removed channels *exactly* i
 (not yet shrunk) model, so that ``qaprune.export.shrink`` can later take them out without
 changing the outputs.
 """
+
 from __future__ import annotations
 
 import copy
@@ -29,8 +30,8 @@ class Coupled:
     ``idxs[i]`` (a Linear after a flatten reads one channel through several columns)."""
 
     name: str
-    kind: str            # "linear" | "conv" | "bn" | another module class name
-    role: str            # "out" | "in"
+    kind: str  # "linear" | "conv" | "bn" | another module class name
+    role: str  # "out" | "in"
     idxs: list[int]
     root_idxs: list[int]
 
@@ -121,8 +122,9 @@ def _add_member(group: ChannelGroup, item, names: dict, graph, outputs: set) -> 
     if mod not in names:
         return  # an operation (ReLU, add, flatten…): no tensor of its own
     kind = _kind(mod)
-    group.members.append(Coupled(names[mod], kind, "out" if out else "in",
-                                 [int(i) for i in item.idxs], [int(i) for i in item.root_idxs]))
+    group.members.append(
+        Coupled(names[mod], kind, "out" if out else "in", [int(i) for i in item.idxs], [int(i) for i in item.root_idxs])
+    )
     if out and mod in outputs:
         what = "model output" if names[mod] == group.root else f"depends on {names[mod]}, the model output"
         _refuse(group, f"{what}: its channels are the model's outputs")

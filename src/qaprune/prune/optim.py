@@ -10,6 +10,7 @@ A param group's ``groups`` says how its tensor splits: "rows" (x[i, ...], one pe
 channel), "columns" (x[:, j, ...], one per input channel) or "all" (one group); OBProx-SG uses
 "elements". A group with ``lam == 0`` is plain SGD (with momentum): no prox, no projection.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
@@ -174,10 +175,18 @@ class HSPG(_SparseOptimizer):
         [True, True, True, True]
     """
 
-    def __init__(self, params: Iterable[Any], lr: float, lam: float, *, epsilon: float = 0.0,
-                 n_p: int = 100, momentum: float = 0.0, groups: str = "rows") -> None:
-        defaults = dict(lr=lr, lam=lam, epsilon=epsilon, n_p=n_p, momentum=momentum,
-                        groups=groups, step=0)
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float,
+        lam: float,
+        *,
+        epsilon: float = 0.0,
+        n_p: int = 100,
+        momentum: float = 0.0,
+        groups: str = "rows",
+    ) -> None:
+        defaults = dict(lr=lr, lam=lam, epsilon=epsilon, n_p=n_p, momentum=momentum, groups=groups, step=0)
         super().__init__(params, defaults)
 
     def _update(self, p: Tensor, d: Tensor, group: dict[str, Any]) -> Tensor:
@@ -203,8 +212,7 @@ class OBProxSG(_SparseOptimizer):
 
     _groupings = ("elements",)
 
-    def __init__(self, params: Iterable[Any], lr: float, lam: float, *, n_p: int = 100,
-                 n_o: int | None = 100) -> None:
+    def __init__(self, params: Iterable[Any], lr: float, lam: float, *, n_p: int = 100, n_o: int | None = 100) -> None:
         defaults = dict(lr=lr, lam=lam, n_p=n_p, n_o=n_o, groups="elements", step=0)
         super().__init__(params, defaults)
 
@@ -216,7 +224,7 @@ class OBProxSG(_SparseOptimizer):
 
 
 def _weight_owner(param_name: str) -> str | None:
-    """"fc.weight" or "fc.parametrizations.weight.original" -> "fc"; None for other tensors."""
+    """ "fc.weight" or "fc.parametrizations.weight.original" -> "fc"; None for other tensors."""
     full = "." + param_name
     for suffix in (".parametrizations.weight.original", ".weight"):
         if full.endswith(suffix):

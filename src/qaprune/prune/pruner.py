@@ -4,6 +4,7 @@ A mask sits first on a weight, before any quantizer: ``weight = quant(mask · w)
 entry is exactly zero after quantization (zero is a quantization level) and gets no gradient.
 Masks only grow: an entry pruned once stays pruned.
 """
+
 from __future__ import annotations
 
 import torch
@@ -73,12 +74,20 @@ def current_sparsity(model: nn.Module) -> float:
 
 
 @torch.no_grad()
-def prune_to(model: nn.Module, sparsity: float, *, criterion: str = "magnitude",
-             structure: str = "unstructured", allocation: str = "global",
-             fixed: dict[str, float] | None = None, stats: dict[str, LayerStats] | None = None,
-             generator: torch.Generator | None = None, structure_args: dict | None = None,
-             layer_args: dict[str, dict] | None = None, example_input: Tensor | None = None
-             ) -> dict[str, float]:
+def prune_to(
+    model: nn.Module,
+    sparsity: float,
+    *,
+    criterion: str = "magnitude",
+    structure: str = "unstructured",
+    allocation: str = "global",
+    fixed: dict[str, float] | None = None,
+    stats: dict[str, LayerStats] | None = None,
+    generator: torch.Generator | None = None,
+    structure_args: dict | None = None,
+    layer_args: dict[str, dict] | None = None,
+    example_input: Tensor | None = None,
+) -> dict[str, float]:
     """Prune every prunable layer of ``model`` so that the free layers reach ``sparsity``.
 
     ``allocation``: "global" ranks all free layers' scores together, "uniform" gives each free
@@ -96,9 +105,18 @@ def prune_to(model: nn.Module, sparsity: float, *, criterion: str = "magnitude",
     if structure == "channels" and example_input is not None:
         from qaprune.prune.channels import prune_channels
 
-        return prune_channels(model, sparsity, example_input=example_input, criterion=criterion,
-                              allocation=allocation, fixed=fixed, stats=stats, generator=generator,
-                              structure_args=structure_args, layer_args=layer_args)
+        return prune_channels(
+            model,
+            sparsity,
+            example_input=example_input,
+            criterion=criterion,
+            allocation=allocation,
+            fixed=fixed,
+            stats=stats,
+            generator=generator,
+            structure_args=structure_args,
+            layer_args=layer_args,
+        )
     layers, fixed, stats = prunable_layers(model), fixed or {}, stats or {}
     scores = {}
     for name, mod in layers.items():
@@ -110,8 +128,10 @@ def prune_to(model: nn.Module, sparsity: float, *, criterion: str = "magnitude",
     free = [n for n in layers if n not in fixed]
     targets.update(_allocate({n: scores[n] for n in free}, sparsity, allocation))
     args = {n: {**(structure_args or {}), **(layer_args or {}).get(n, {})} for n in layers}
-    new = {name: _structure_mask(structure, name, scores[name], targets[name], args[name])
-           * get_mask(mod).mask for name, mod in layers.items()}
+    new = {
+        name: _structure_mask(structure, name, scores[name], targets[name], args[name]) * get_mask(mod).mask
+        for name, mod in layers.items()
+    }
     achieved = {}
     for name, mod in layers.items():  # only once every layer's mask was computed
         get_mask(mod).mask.copy_(new[name])
@@ -145,6 +165,6 @@ def _allocate(scores: dict[str, Tensor], sparsity: float, allocation: str) -> di
         pruned[torch.topk(flat, n_prune, largest=False, sorted=False).indices] = True
     out, start = {}, 0
     for name, s in scores.items():
-        out[name] = float(pruned[start:start + s.numel()].sum()) / s.numel()
+        out[name] = float(pruned[start : start + s.numel()].sum()) / s.numel()
         start += s.numel()
     return out

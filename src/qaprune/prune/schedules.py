@@ -7,6 +7,7 @@ lists the targets of a schedule up to its final sparsity.
 - ``cubic`` (Zhu & Gupta 2017): s_k = s_f + (s_i − s_f)·(1 − k/n)^3 over ``n`` pruning events.
 - ``oneshot``: the final sparsity at once.
 """
+
 from __future__ import annotations
 
 from qaprune.registry import Registry

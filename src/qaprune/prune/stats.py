@@ -9,6 +9,7 @@ Gradients and Hessians are taken w.r.t. the *latent* weight, ``latent_weight(mod
 float tensor the optimizer trains): under a ``Mask`` they are zero at pruned entries, through a
 ``FakeQuant`` they are its straight-through gradient. This is the tensor ``prune_to`` scores.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -30,10 +31,18 @@ def scored_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, LAYER_TYPES)}
 
 
-def collect_stats(model: nn.Module, x: Tensor, y: Tensor, *, needs: set[str] | frozenset[str],
-                  batch_size: int = 256, batches: int = 4, hutchinson_samples: int = 4,
-                  generator: torch.Generator | None = None,
-                  momentum: MomentumTracker | None = None) -> dict[str, LayerStats]:
+def collect_stats(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    needs: set[str] | frozenset[str],
+    batch_size: int = 256,
+    batches: int = 4,
+    hutchinson_samples: int = 4,
+    generator: torch.Generator | None = None,
+    momentum: MomentumTracker | None = None,
+) -> dict[str, LayerStats]:
     """``LayerStats`` for every Linear/Conv layer of ``model``, keyed by module name.
 
     Calibration: ``batches`` batches of ``batch_size`` samples of x (N, ...), y (N,) int64,
@@ -54,15 +63,24 @@ def collect_stats(model: nn.Module, x: Tensor, y: Tensor, *, needs: set[str] | f
     layers = scored_layers(model)
     stats = {n: LayerStats(name=n, generator=generator) for n in layers}
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    idx = torch.randperm(len(x), generator=gen, device=gen.device)[:batch_size * batches].to(x.device)
+    idx = torch.randperm(len(x), generator=gen, device=gen.device)[: batch_size * batches].to(x.device)
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
         if "activations" in needs:
             _record_activations(model, layers, x[idx[:batch_size]], stats)
         if {"grad", "hessian"} & set(needs):
-            _curvature(model, layers, x[idx], y[idx], stats, needs=needs, batch_size=batch_size,
-                       samples=hutchinson_samples, generator=gen)
+            _curvature(
+                model,
+                layers,
+                x[idx],
+                y[idx],
+                stats,
+                needs=needs,
+                batch_size=batch_size,
+                samples=hutchinson_samples,
+                generator=gen,
+            )
     finally:
         for m, training in modes.items():
             m.train(training)
@@ -76,21 +94,26 @@ def _check_needs(needs: set[str] | frozenset[str], momentum: MomentumTracker | N
     if unknown:
         raise RecipeError(f"collect_stats: needs {unknown} unknown; allowed: {', '.join(COLLECTABLE)}")
     if "momentum" in needs and momentum is None:
-        raise RecipeError("collect_stats: 'momentum' is gathered during training: pass "
-                          "tracker = MomentumTracker(model) as fit(..., on_step=tracker), then "
-                          "collect_stats(..., momentum=tracker)")
+        raise RecipeError(
+            "collect_stats: 'momentum' is gathered during training: pass "
+            "tracker = MomentumTracker(model) as fit(..., on_step=tracker), then "
+            "collect_stats(..., momentum=tracker)"
+        )
 
 
 @torch.no_grad()
-def _record_activations(model: nn.Module, layers: dict[str, nn.Module], xb: Tensor,
-                        stats: dict[str, LayerStats]) -> None:
+def _record_activations(
+    model: nn.Module, layers: dict[str, nn.Module], xb: Tensor, stats: dict[str, LayerStats]
+) -> None:
     """Forward hooks keep each layer's first output, channels moved to dim 1: (N, out, ...)."""
+
     def hook(name: str):
         def keep(mod: nn.Module, inputs, out: Tensor) -> None:
             if stats[name].activations is None:
                 a = out.detach()
                 linear_nd = isinstance(mod, nn.Linear) and a.dim() > 2  # (N, ..., out)
                 stats[name].activations = a.movedim(-1, 1) if linear_nd else a
+
         return keep
 
     handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
@@ -101,9 +124,18 @@ def _record_activations(model: nn.Module, layers: dict[str, nn.Module], xb: Tens
             h.remove()
 
 
-def _curvature(model: nn.Module, layers: dict[str, nn.Module], x: Tensor, y: Tensor,
-               stats: dict[str, LayerStats], *, needs: set[str] | frozenset[str], batch_size: int,
-               samples: int, generator: torch.Generator) -> None:
+def _curvature(
+    model: nn.Module,
+    layers: dict[str, nn.Module],
+    x: Tensor,
+    y: Tensor,
+    stats: dict[str, LayerStats],
+    *,
+    needs: set[str] | frozenset[str],
+    batch_size: int,
+    samples: int,
+    generator: torch.Generator,
+) -> None:
     """Fill ``grad`` / ``hessian``: sample-weighted means over the batches of (x, y)."""
     weights = [latent_weight(m) for m in layers.values()]
     frozen = [n for n, w in zip(layers, weights) if not w.requires_grad]
@@ -113,7 +145,7 @@ def _curvature(model: nn.Module, layers: dict[str, nn.Module], x: Tensor, y: Ten
     g_sum = [torch.zeros_like(w, requires_grad=False) for w in weights]
     h_sum = [torch.zeros_like(w, requires_grad=False) for w in weights]
     for i in range(0, len(x), batch_size):
-        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        xb, yb = x[i : i + batch_size], y[i : i + batch_size]
         with torch.enable_grad():
             loss = F.cross_entropy(model(xb), yb)
             grads = torch.autograd.grad(loss, weights, create_graph=want_h, allow_unused=True)
@@ -130,8 +162,9 @@ def _curvature(model: nn.Module, layers: dict[str, nn.Module], x: Tensor, y: Ten
             stats[name].hessian = h / len(x)
 
 
-def hutchinson_diagonal(grads: Sequence[Tensor], weights: Sequence[Tensor], *, samples: int,
-                        generator: torch.Generator | None = None) -> list[Tensor]:
+def hutchinson_diagonal(
+    grads: Sequence[Tensor], weights: Sequence[Tensor], *, samples: int, generator: torch.Generator | None = None
+) -> list[Tensor]:
     """Hutchinson estimate of diag(H) for each weight: the mean over ``samples`` Rademacher
     vectors v (over all weights together) of v ⊙ Hv, Hv by a second ``autograd.grad`` through
     ``grads`` (made with ``create_graph=True``). Its sum over an output channel c estimates
@@ -149,10 +182,14 @@ def hutchinson_diagonal(grads: Sequence[Tensor], weights: Sequence[Tensor], *, s
         return est
     device = generator.device if generator is not None else torch.device("cpu")
     for _ in range(samples):
-        vs = [(torch.randint(0, 2, w.shape, generator=generator, device=device) * 2 - 1).to(w)
-              for w in weights]
-        hvs = torch.autograd.grad([grads[i] for i in live], list(weights),
-                                  grad_outputs=[vs[i] for i in live], retain_graph=True, allow_unused=True)
+        vs = [(torch.randint(0, 2, w.shape, generator=generator, device=device) * 2 - 1).to(w) for w in weights]
+        hvs = torch.autograd.grad(
+            [grads[i] for i in live],
+            list(weights),
+            grad_outputs=[vs[i] for i in live],
+            retain_graph=True,
+            allow_unused=True,
+        )
         for e, v, hv in zip(est, vs, hvs):
             if hv is not None:
                 e.add_(v * hv.detach())

@@ -9,6 +9,7 @@ allocation across layers. scores (out, ...), higher means keep -> float 0/1 mask
 - ``mpd``: MPDCompress, a permuted block-diagonal pattern (data-independent).
 - ``periodic``: pre-defined periodic kernel patterns for convolutions (data-independent).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -79,8 +80,9 @@ def _live(x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @STRUCTURES.register("channels")
-def channels(scores: Tensor, sparsity: float, *, reduce: str = "sum", round_to: int = 1,
-             coupled: bool = True) -> Tensor:
+def channels(
+    scores: Tensor, sparsity: float, *, reduce: str = "sum", round_to: int = 1, coupled: bool = True
+) -> Tensor:
     """Whole output channels (filters, dim 0): keep the ``round((1 − sparsity)·out)`` channels
     whose scores have the highest ``reduce`` ("sum", "mean" or "max"); at least one, unless
     ``sparsity`` rounds every entry away; with ``round_to`` > 1 the kept count is the nearest
@@ -177,7 +179,7 @@ def blocks(scores: Tensor, sparsity: float, *, block: Sequence[int] = (4, 4)) ->
     kept = torch.ones_like(sums)
     kept[order[:n_tiles]] = 0.0
     grid = kept.view(-(-rows.shape[0] // r), -1).repeat_interleave(r, 0).repeat_interleave(c, 1)
-    return grid[:rows.shape[0], :rows.shape[1]].contiguous().view(scores.shape)
+    return grid[: rows.shape[0], : rows.shape[1]].contiguous().view(scores.shape)
 
 
 def _block_ids(size: int, k: int) -> Tensor:
@@ -244,8 +246,10 @@ def periodic(scores: Tensor, sparsity: float, *, period: int = 3, keep: int = 3)
         [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
     """
     if scores.dim() < 3:
-        raise ValueError(f"{_name(scores)} has no kernel dims (2, 3, ...): periodic needs a conv "
-                         "weight (out, in, kh, kw); for Linear layers use nm or blocks")
+        raise ValueError(
+            f"{_name(scores)} has no kernel dims (2, 3, ...): periodic needs a conv "
+            "weight (out, in, kh, kw); for Linear layers use nm or blocks"
+        )
     _check_ints(period=period, keep=keep)
     out, cin, ksize = scores.shape[0], scores.shape[1], math.prod(scores.shape[2:])
     if keep > ksize:

@@ -1,8 +1,24 @@
 """Quantization: weight fake-quant parametrizations and activation quantizer modules."""
+
 from qaprune.quant.activations import QuantInput, QuantReLU
-from qaprune.quant.fake_quant import (SUPPORTED_BITS, FakeQuant, LearnedFakeQuant, check_bits, weight_bits,
-                                      weight_quantizer)
+from qaprune.quant.fake_quant import (
+    SUPPORTED_BITS,
+    FakeQuant,
+    LearnedFakeQuant,
+    check_bits,
+    weight_bits,
+    weight_quantizer,
+)
 from qaprune.quant.mixed import bit_widths
 
-__all__ = ["FakeQuant", "LearnedFakeQuant", "QuantInput", "QuantReLU", "SUPPORTED_BITS", "bit_widths",
-           "check_bits", "weight_bits", "weight_quantizer"]
+__all__ = [
+    "FakeQuant",
+    "LearnedFakeQuant",
+    "QuantInput",
+    "QuantReLU",
+    "SUPPORTED_BITS",
+    "bit_widths",
+    "check_bits",
+    "weight_bits",
+    "weight_quantizer",
+]

@@ -9,6 +9,7 @@ straight-through estimator) and its output is rounded onto the grid in place, th
 detached alias. ``hardtanh``'s backward reads only its input, so the in-place rounding
 of its output is invisible to autograd.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,6 +30,7 @@ def quantize_ste(x: Tensor, step: float, lo: int, hi: int) -> Tensor:
     y = F.hardtanh(x, lo * step, hi * step)
     y.detach().mul_(1.0 / step).round_().mul_(step)  # same storage, outside autograd
     return y
+
 
 from qaprune.quant.fake_quant import check_bits
 
@@ -114,8 +116,7 @@ class QuantInput(nn.Module):
         return float(self.scale.detach().abs()) * self.qmax
 
     @classmethod
-    def calibrate(cls, bits: int, x: Tensor, *, max_value: float | None = None,
-                  learned: bool = False) -> QuantInput:
+    def calibrate(cls, bits: int, x: Tensor, *, max_value: float | None = None, learned: bool = False) -> QuantInput:
         """Build from a sample of inputs ``x`` (N, ...): signed iff any value is negative."""
         signed = bool((x < 0).any())
         top = float(x.abs().max()) if max_value is None else max_value

@@ -14,6 +14,7 @@ whose gradient is the sum of the gradients of the entries that share it. Entries
 exactly zero when the layer was clustered (pruned by a ``Mask``) stay zero. ``ClusterPull``
 is the clustering-friendly regularizer that pulls weights toward their centres beforehand.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -32,8 +33,8 @@ if TYPE_CHECKING:
     from qaprune.recipe import Recipe
 
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-CHUNK = 32768                # candidate splits per vectorized pass (fits the L2 cache)
-MAX_TABLE_BYTES = 2 ** 32    # the DP's back-pointer table: (k - 2) · (distinct + 1) int32
+CHUNK = 32768  # candidate splits per vectorized pass (fits the L2 cache)
+MAX_TABLE_BYTES = 2**32  # the DP's back-pointer table: (k - 2) · (distinct + 1) int32
 
 
 # --- optimal 1-D k-means ------------------------------------------------------------------------
@@ -75,12 +76,14 @@ def optimal_splits(x: np.ndarray, w: np.ndarray, k: int) -> np.ndarray:
     if k == 1 or k == m:
         return np.arange(k, dtype=np.int64) if k == m else np.zeros(1, dtype=np.int64)
     if (k - 2) * (m + 1) * 4 > MAX_TABLE_BYTES:
-        raise ValueError(f"kmeans_1d: k={k} over {m} distinct values needs a "
-                         f"{(k - 2) * (m + 1) * 4 / 2 ** 30:.1f} GiB table; use a smaller k")
+        raise ValueError(
+            f"kmeans_1d: k={k} over {m} distinct values needs a "
+            f"{(k - 2) * (m + 1) * 4 / 2**30:.1f} GiB table; use a smaller k"
+        )
     centred = x - np.dot(w, x) / w.sum()  # prefix sums of centred values lose less to cancellation
-    W, S1, S2 = (np.concatenate(([0.0], np.cumsum(v))) for v in (w, w * centred, w * centred ** 2))
+    W, S1, S2 = (np.concatenate(([0.0], np.cumsum(v))) for v in (w, w * centred, w * centred**2))
     with np.errstate(divide="ignore", invalid="ignore"):
-        D = S2 - S1 ** 2 / W  # one cluster: the SSE of the first j values (D[0] is never read)
+        D = S2 - S1**2 / W  # one cluster: the SSE of the first j values (D[0] is never read)
     back = []
     for layer in range(2, k):  # D[j]: the least SSE of the first j values in `layer` clusters
         D, opt = _fill_row(D - S2, S1, W, S2, layer, m - (k - layer))
@@ -92,8 +95,9 @@ def optimal_splits(x: np.ndarray, w: np.ndarray, k: int) -> np.ndarray:
     return np.array([0, *reversed(starts)], dtype=np.int64)
 
 
-def _fill_row(A: np.ndarray, S1: np.ndarray, W: np.ndarray, S2: np.ndarray, lo: int,
-              hi: int) -> tuple[np.ndarray, np.ndarray]:
+def _fill_row(
+    A: np.ndarray, S1: np.ndarray, W: np.ndarray, S2: np.ndarray, lo: int, hi: int
+) -> tuple[np.ndarray, np.ndarray]:
     """One DP row for j in [lo, hi] with candidate splits i in [lo - 1, j - 1], A = D_prev − S2.
     Divide and conquer, one vectorized pass per level over all midpoints, kept in j order."""
     D, opt = np.full(A.size, np.inf), np.zeros(A.size, dtype=np.int32)
@@ -103,13 +107,15 @@ def _fill_row(A: np.ndarray, S1: np.ndarray, W: np.ndarray, S2: np.ndarray, lo: 
         best, arg = _row_minima(A, S1, W, mid, o_lo, np.minimum(o_hi, mid - 1))
         D[mid], opt[mid] = best + S2[mid], arg
         keep = np.stack((lo_ < mid, mid < hi_), 1).ravel()  # left child, then right child
-        lo_, hi_, o_lo, o_hi = (np.stack(p, 1).ravel()[keep] for p in
-                                ((lo_, mid + 1), (mid - 1, hi_), (o_lo, arg), (arg, o_hi)))
+        lo_, hi_, o_lo, o_hi = (
+            np.stack(p, 1).ravel()[keep] for p in ((lo_, mid + 1), (mid - 1, hi_), (o_lo, arg), (arg, o_hi))
+        )
     return D, opt
 
 
-def _row_minima(A: np.ndarray, S1: np.ndarray, W: np.ndarray, mid: np.ndarray, o_lo: np.ndarray,
-                o_hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _row_minima(
+    A: np.ndarray, S1: np.ndarray, W: np.ndarray, mid: np.ndarray, o_lo: np.ndarray, o_hi: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """min and argmin over i in [o_lo, o_hi] of A[i] − (S1[j] − S1[i])² / (W[j] − W[i]) for each
     j = mid (ascending; ranges ascending, consecutive ones sharing at most an end). Row s scans
     the block (o_hi[s-1], o_hi[s]], its splits below o_lo[s] masked: the blocks tile one run, read
@@ -124,7 +130,7 @@ def _row_minima(A: np.ndarray, S1: np.ndarray, W: np.ndarray, mid: np.ndarray, o
     first, end = prev[rows] + 1, o_hi[rows] + 1
     for t0 in range(int(first[0]), int(end[-1]), CHUNK):
         t1 = min(t0 + CHUNK, int(end[-1]))
-        seg = rows[np.searchsorted(end, t0, "right"):np.searchsorted(first, t1, "left")]
+        seg = rows[np.searchsorted(end, t0, "right") : np.searchsorted(first, t1, "left")]
         lo = np.maximum(prev[seg] + 1, t0)
         count = np.minimum(o_hi[seg] + 1, t1) - lo
         b, a = _block_minima(A, S1, W, t0, mid[seg], count, np.clip(o_lo[seg] - lo, 0, count))
@@ -133,8 +139,9 @@ def _row_minima(A: np.ndarray, S1: np.ndarray, W: np.ndarray, mid: np.ndarray, o
     return best, arg
 
 
-def _block_minima(A: np.ndarray, S1: np.ndarray, W: np.ndarray, t0: int, mid: np.ndarray,
-                  count: np.ndarray, skip: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _block_minima(
+    A: np.ndarray, S1: np.ndarray, W: np.ndarray, t0: int, mid: np.ndarray, count: np.ndarray, skip: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Minima over consecutive blocks of ``count`` (>= 1) splits from t0, one per j = mid; the
     first ``skip`` splits of each block are not candidates (an all-skipped block gives inf)."""
     local = np.cumsum(count) - count
@@ -186,8 +193,9 @@ class Cluster(nn.Module):
             raise ValueError(f"Cluster: assign must lie in [0, {centroids.numel()})")
         self.centroids = nn.Parameter(centroids.detach().clone())
         self.register_buffer("assign", assign.detach().long().clone())
-        self.register_buffer("zero", torch.zeros_like(self.assign, dtype=torch.bool)
-                             if zero is None else zero.detach().bool().clone())
+        self.register_buffer(
+            "zero", torch.zeros_like(self.assign, dtype=torch.bool) if zero is None else zero.detach().bool().clone()
+        )
 
     @classmethod
     @torch.no_grad()
@@ -219,8 +227,9 @@ class Cluster(nn.Module):
 
 
 # --- models ------------------------------------------------------------------------------------
-def cluster_model(model: nn.Module, k: int | dict[str, int], *,
-                  layers: Iterable[str] | None = None) -> dict[str, Cluster]:
+def cluster_model(
+    model: nn.Module, k: int | dict[str, int], *, layers: Iterable[str] | None = None
+) -> dict[str, Cluster]:
     """Cluster the weight of every Linear/Conv layer of ``model`` in place (or those in
     ``layers``, or the keys of ``k`` when it maps layer names to k). Each gets a ``Cluster``
     fitted to its non-zero pre-quantizer weight (``mask · w``), right after its ``Mask`` and
@@ -294,8 +303,9 @@ def _find_cluster(module: nn.Module) -> Cluster | None:
     return next((p for p in module.parametrizations["weight"] if isinstance(p, Cluster)), None)
 
 
-def _targets(model: nn.Module, k: int | dict[str, int],
-             layers: Iterable[str] | None) -> dict[str, tuple[nn.Module, int]]:
+def _targets(
+    model: nn.Module, k: int | dict[str, int], layers: Iterable[str] | None
+) -> dict[str, tuple[nn.Module, int]]:
     found = {n: m for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)}
     names = list(layers) if layers is not None else list(k) if isinstance(k, dict) else list(found)
     out = {}
@@ -311,8 +321,9 @@ def _targets(model: nn.Module, k: int | dict[str, int],
 
 # --- clustering-friendly regularizer -----------------------------------------------------------
 @torch.no_grad()
-def cluster_centres(model: nn.Module, k: int | dict[str, int], *,
-                    layers: Iterable[str] | None = None) -> dict[str, Tensor]:
+def cluster_centres(
+    model: nn.Module, k: int | dict[str, int], *, layers: Iterable[str] | None = None
+) -> dict[str, Tensor]:
     """The optimal centres (k',) of each target layer's non-zero pre-quantizer weight."""
     out = {}
     for name, (mod, n_clusters) in _targets(model, k, layers).items():
@@ -327,9 +338,13 @@ def nearest(w: Tensor, centres: Tensor) -> Tensor:
     return c[torch.bucketize(w.detach(), (c[1:] + c[:-1]) / 2)]
 
 
-def cluster_penalty(model: nn.Module, k: int | dict[str, int], *,
-                    centres: dict[str, Tensor] | None = None,
-                    layers: Iterable[str] | None = None) -> Tensor:
+def cluster_penalty(
+    model: nn.Module,
+    k: int | dict[str, int],
+    *,
+    centres: dict[str, Tensor] | None = None,
+    layers: Iterable[str] | None = None,
+) -> Tensor:
     """Σ over the target layers' non-zero pre-quantizer weights of (w − nearest centre)², a
     scalar that is differentiable in the latent weights; ``centres`` (name -> (k,)) default to
     ``cluster_centres``. Layers already clustered are skipped (their weights sit on centres).
@@ -368,11 +383,17 @@ class ClusterPull:
         True
     """
 
-    def __init__(self, k: int | dict[str, int], *, strength: float, lr: float = 1e-3,
-                 every: int = 100, layers: Iterable[str] | None = None) -> None:
+    def __init__(
+        self,
+        k: int | dict[str, int],
+        *,
+        strength: float,
+        lr: float = 1e-3,
+        every: int = 100,
+        layers: Iterable[str] | None = None,
+    ) -> None:
         if strength < 0 or lr <= 0 or every < 1:
-            raise ValueError(f"ClusterPull: need strength >= 0, lr > 0, every >= 1; got "
-                             f"{strength}, {lr}, {every}")
+            raise ValueError(f"ClusterPull: need strength >= 0, lr > 0, every >= 1; got {strength}, {lr}, {every}")
         self.k, self.strength, self.lr, self.every = k, strength, lr, every
         self.layers = list(layers) if layers is not None else None
         self.calls, self._centres = 0, None
@@ -386,8 +407,7 @@ class ClusterPull:
 
     def penalty(self, model: nn.Module) -> Tensor:
         """``strength / 2 · cluster_penalty``, differentiable in the latent weights."""
-        return self.strength / 2 * cluster_penalty(model, self.k, centres=self.centres(model),
-                                                   layers=self.layers)
+        return self.strength / 2 * cluster_penalty(model, self.k, centres=self.centres(model), layers=self.layers)
 
     @torch.no_grad()
     def __call__(self, model: nn.Module) -> None:

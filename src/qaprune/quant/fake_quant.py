@@ -30,6 +30,7 @@ Bias policy: biases stay float by default (they are added into the wide accumula
 hls4ml and ONNX QDQ, where the bias is a 32-bit integer); ``bias_bits < 32`` fake-quantizes
 them per-tensor like a weight (2 bits at least).
 """
+
 from __future__ import annotations
 
 import math
@@ -43,8 +44,18 @@ from qaprune.recipe import ACT_BITS, SUPPORTED_BITS, WEIGHT_BITS, bits_problem
 
 FLOAT_BITS = 32
 EPS = 1e-12
-__all__ = ["ACT_BITS", "FLOAT_BITS", "SUPPORTED_BITS", "WEIGHT_BITS", "FakeQuant", "LearnedFakeQuant",
-           "check_bits", "find", "weight_bits", "weight_quantizer"]
+__all__ = [
+    "ACT_BITS",
+    "FLOAT_BITS",
+    "SUPPORTED_BITS",
+    "WEIGHT_BITS",
+    "FakeQuant",
+    "LearnedFakeQuant",
+    "check_bits",
+    "find",
+    "weight_bits",
+    "weight_quantizer",
+]
 
 
 def check_bits(bits: int, *, field: str, weights: bool = True) -> int:
@@ -85,8 +96,11 @@ class FakeQuant(nn.Module):
 
     def forward(self, w: Tensor) -> Tensor:
         s = self._view(self._scale(w), w)
-        q = sign_ste(w / s) if self.bits == 1 else torch.fake_quantize_per_tensor_affine(
-            w / s, 1.0, 0, -self.qmax, self.qmax)
+        q = (
+            sign_ste(w / s)
+            if self.bits == 1
+            else torch.fake_quantize_per_tensor_affine(w / s, 1.0, 0, -self.qmax, self.qmax)
+        )
         return q * s
 
     def _reduce(self, a: Tensor, op: str) -> Tensor:
@@ -149,14 +163,18 @@ class LearnedFakeQuant(FakeQuant):
 
     learned = True
 
-    def __init__(self, bits: int, *, weight: Tensor, per_channel: bool = False, axis: int = 0,
-                 init: str = "lsq") -> None:
+    def __init__(
+        self, bits: int, *, weight: Tensor, per_channel: bool = False, axis: int = 0, init: str = "lsq"
+    ) -> None:
         super().__init__(bits, per_channel=per_channel, axis=axis)
         if init not in ("max", "lsq"):
             raise RecipeError(f"init: {init!r} is unknown; known: max, lsq")
         w = weight.detach()
-        s = FakeQuant._scale(self, w) if init == "max" or bits <= 2 else (
-            2 * self._reduce(w.abs(), "sum") / (w.numel() / self._channels(w)) / math.sqrt(self.qmax))
+        s = (
+            FakeQuant._scale(self, w)
+            if init == "max" or bits <= 2
+            else (2 * self._reduce(w.abs(), "sum") / (w.numel() / self._channels(w)) / math.sqrt(self.qmax))
+        )
         self.step = nn.Parameter(s.clamp_min(EPS).reshape(-1).clone())
         self.register_buffer("zero_point", torch.zeros_like(self.step), persistent=False)
         self.grad_factor = 1.0 / math.sqrt(w.numel() / self._channels(w) * self.qmax)
@@ -167,7 +185,8 @@ class LearnedFakeQuant(FakeQuant):
             return _binary_lsq(w, self._view(s, w), self.grad_factor)
         if self.per_channel:
             return torch._fake_quantize_learnable_per_channel_affine(
-                w, s, self.zero_point, self.axis, -q, q, self.grad_factor)
+                w, s, self.zero_point, self.axis, -q, q, self.grad_factor
+            )
         return torch._fake_quantize_learnable_per_tensor_affine(w, s, self.zero_point, -q, q, self.grad_factor)
 
     def _scale(self, w: Tensor) -> Tensor:
@@ -183,8 +202,15 @@ def _binary_lsq(w: Tensor, s: Tensor, g: float) -> Tensor:
     return (v + (torch.sign(v) - v).detach()) * s
 
 
-def weight_quantizer(bits: int, *, per_channel: bool = False, learned: bool = False,
-                     weight: Tensor | None = None, init: str = "lsq", axis: int = 0) -> FakeQuant:
+def weight_quantizer(
+    bits: int,
+    *,
+    per_channel: bool = False,
+    learned: bool = False,
+    weight: Tensor | None = None,
+    init: str = "lsq",
+    axis: int = 0,
+) -> FakeQuant:
     """The weight quantizer for ``bits``: ``LearnedFakeQuant`` (needs ``weight``) when
     ``learned``, else ``FakeQuant``.
 

@@ -13,6 +13,7 @@ A bits override whose pattern matches no module it applies to (a typo) is refuse
 pattern, and a bit width outside the supported range is refused naming the module it would be
 used for. ``bit_widths`` shows what each layer got.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -61,8 +62,7 @@ def weight_spec(recipe: Recipe, name: str) -> tuple[int, bool]:
     if bits is None:
         bits = recipe.quant.weight_bits
     per_channel, _ = _last_match(recipe, (name,), "per_channel")
-    return _checked(bits, src, name, "weight_bits"), (
-        recipe.quant.per_channel if per_channel is None else per_channel)
+    return _checked(bits, src, name, "weight_bits"), (recipe.quant.per_channel if per_channel is None else per_channel)
 
 
 def relu_producers(model: nn.Module) -> dict[str, str | None]:
@@ -102,11 +102,15 @@ def check_patterns(model: nn.Module, recipe: Recipe) -> None:
     for pattern, spec in recipe.layers.items():
         for field in ("weight_bits", "per_channel"):
             if getattr(spec, field) is not None and not _matches(pattern, layers):
-                raise RecipeError(f"recipe.layers.{pattern}.{field}: matches no Linear/Conv layer; "
-                                  f"layers: {', '.join(layers) or 'none'}")
+                raise RecipeError(
+                    f"recipe.layers.{pattern}.{field}: matches no Linear/Conv layer; "
+                    f"layers: {', '.join(layers) or 'none'}"
+                )
         if spec.act_bits is not None and not _matches(pattern, [*relus, *layers]):
-            raise RecipeError(f"recipe.layers.{pattern}.act_bits: matches no ReLU nor Linear/Conv layer; "
-                              f"ReLUs: {', '.join(relus) or 'none'}; layers: {', '.join(layers) or 'none'}")
+            raise RecipeError(
+                f"recipe.layers.{pattern}.act_bits: matches no ReLU nor Linear/Conv layer; "
+                f"ReLUs: {', '.join(relus) or 'none'}; layers: {', '.join(layers) or 'none'}"
+            )
 
 
 def bit_widths(model: nn.Module) -> dict[str, dict[str, Any]]:
@@ -136,8 +140,12 @@ def bit_widths(model: nn.Module) -> dict[str, dict[str, Any]]:
                 out[last]["act_out_bits"] = act
         elif isinstance(mod, WEIGHT_LAYERS):
             fq = find(mod, "weight", FakeQuant)
-            out[name] = {"weight_bits": fq.bits if fq else FLOAT_BITS, "per_channel": bool(fq and fq.per_channel),
-                         "weight_scale": None if fq is None else "learned" if fq.learned else "max",
-                         "act_in_bits": act, "act_out_bits": FLOAT_BITS}
+            out[name] = {
+                "weight_bits": fq.bits if fq else FLOAT_BITS,
+                "per_channel": bool(fq and fq.per_channel),
+                "weight_scale": None if fq is None else "learned" if fq.learned else "max",
+                "act_in_bits": act,
+                "act_out_bits": FLOAT_BITS,
+            }
             act, last = FLOAT_BITS, name
     return out

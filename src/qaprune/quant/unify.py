@@ -23,6 +23,7 @@ loss + (ρ/2)·||W − Z + U||², Z-step Z = Π(W + U), dual step U += W − Z, 
 At the end ``finalize`` projects W hard and registers a ``Unified`` parametrization, so that
 fine-tuning keeps the chosen blocks unified.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,10 +48,12 @@ def check_options(block: Sequence[int], ratio: float, *, prune: float = 0.0, lay
 
 
 def _check_block_arg(block: Sequence[int], layer: str) -> None:
-    if (not isinstance(block, (list, tuple)) or len(block) != 2
-            or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in block)):
-        raise RecipeError(f"unify.block: {block!r} for layer {layer!r}; "
-                          "need [rows, cols] of positive integers")
+    if (
+        not isinstance(block, (list, tuple))
+        or len(block) != 2
+        or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in block)
+    ):
+        raise RecipeError(f"unify.block: {block!r} for layer {layer!r}; need [rows, cols] of positive integers")
 
 
 def _check_block(shape: Sequence[int], block: Sequence[int], layer: str) -> tuple[int, int, int, int]:
@@ -60,8 +63,9 @@ def _check_block(shape: Sequence[int], block: Sequence[int], layer: str) -> tupl
         raise RecipeError(f"unify: layer {layer!r} is a scalar; a weight (out, ...) is needed")
     (r, c), out, cols = block, int(shape[0]), math.prod(int(d) for d in shape[1:])
     if r > out or c > cols:
-        raise RecipeError(f"unify.block: {[r, c]} is larger than the (out, in) view {(out, cols)} of layer "
-                          f"{layer!r} {tuple(shape)}")
+        raise RecipeError(
+            f"unify.block: {[r, c]} is larger than the (out, in) view {(out, cols)} of layer {layer!r} {tuple(shape)}"
+        )
     return r, c, out, cols
 
 
@@ -69,8 +73,10 @@ def _check_ratios(ratio: float, prune: float, layer: str) -> None:
     if not 0.0 <= ratio <= 1.0:
         raise RecipeError(f"unify.ratio: {ratio} is not in [0, 1] (layer {layer!r})")
     if not 0.0 <= prune <= ratio:
-        raise RecipeError(f"unify.prune: {prune} is not in [0, ratio={ratio}] (layer {layer!r}); "
-                          "pruned blocks count among the unified ones")
+        raise RecipeError(
+            f"unify.prune: {prune} is not in [0, ratio={ratio}] (layer {layer!r}); "
+            "pruned blocks count among the unified ones"
+        )
 
 
 def block_ids(shape: Sequence[int], block: Sequence[int], *, layer: str = "weight") -> tuple[Tensor, int]:
@@ -127,8 +133,9 @@ def block_errors(w: Tensor, block: Sequence[int], *, layer: str = "weight") -> t
 
 
 @torch.no_grad()
-def choose_blocks(w: Tensor, block: Sequence[int], ratio: float, *, prune: float = 0.0,
-                  layer: str = "weight") -> tuple[Tensor, Tensor]:
+def choose_blocks(
+    w: Tensor, block: Sequence[int], ratio: float, *, prune: float = 0.0, layer: str = "weight"
+) -> tuple[Tensor, Tensor]:
     """(unified (n_blocks,) bool, pruned (n_blocks,) bool), pruned ⊆ unified, by the module's
     rule: the least-energy blocks pruned, then the least-error blocks unified.
 
@@ -146,8 +153,9 @@ def choose_blocks(w: Tensor, block: Sequence[int], ratio: float, *, prune: float
 
 
 @torch.no_grad()
-def unify_project(w: Tensor, block: Sequence[int] = (1, 4), ratio: float = 0.5, *, prune: float = 0.0,
-                  layer: str = "weight") -> Tensor:
+def unify_project(
+    w: Tensor, block: Sequence[int] = (1, 4), ratio: float = 0.5, *, prune: float = 0.0, layer: str = "weight"
+) -> Tensor:
     """Π(w): the ``ratio`` fraction of r×c blocks with the least unification error get one
     shared magnitude (their mean |w|) with their signs kept; a ``prune`` fraction (of least energy)
     becomes 0. w (out, ...) -> same shape and dtype, detached; idempotent bit for bit.
@@ -177,13 +185,16 @@ class Unified(nn.Module):
         True
     """
 
-    def __init__(self, shape: Sequence[int], block: Sequence[int], unified: Tensor, pruned: Tensor, *,
-                 layer: str = "weight") -> None:
+    def __init__(
+        self, shape: Sequence[int], block: Sequence[int], unified: Tensor, pruned: Tensor, *, layer: str = "weight"
+    ) -> None:
         super().__init__()
         ids, n = block_ids(shape, block, layer=layer)
         if unified.shape != (n,) or pruned.shape != (n,):
-            raise RecipeError(f"unify: layer {layer!r} has {n} blocks of {list(block)}; got masks of "
-                              f"shapes {tuple(unified.shape)} and {tuple(pruned.shape)}")
+            raise RecipeError(
+                f"unify: layer {layer!r} has {n} blocks of {list(block)}; got masks of "
+                f"shapes {tuple(unified.shape)} and {tuple(pruned.shape)}"
+            )
         self.block = tuple(block)
         self.register_buffer("unified", unified.to(torch.bool).clone())
         self.register_buffer("pruned", (pruned.to(torch.bool) & self.unified).clone())
@@ -192,8 +203,9 @@ class Unified(nn.Module):
         self.register_buffer("counts", counts, persistent=False)
 
     @classmethod
-    def from_weight(cls, w: Tensor, block: Sequence[int], ratio: float, *, prune: float = 0.0,
-                    layer: str = "weight") -> Unified:
+    def from_weight(
+        cls, w: Tensor, block: Sequence[int], ratio: float, *, prune: float = 0.0, layer: str = "weight"
+    ) -> Unified:
         """The parametrization whose blocks are those ``unify_project(w, ...)`` chooses."""
         unified, pruned = choose_blocks(w, block, ratio, prune=prune, layer=layer)
         return cls(w.shape, block, unified, pruned, layer=layer)
@@ -205,8 +217,9 @@ class Unified(nn.Module):
         return f"block={list(self.block)}, unified={int(self.unified.sum())}/{self.unified.numel()}"
 
 
-def weight_layers(model: nn.Module, names: Sequence[str] | None = None, *,
-                  field_name: str = "layers") -> dict[str, nn.Module]:
+def weight_layers(
+    model: nn.Module, names: Sequence[str] | None = None, *, field_name: str = "layers"
+) -> dict[str, nn.Module]:
     """Linear/Conv layers of ``model`` by name, in module order; only ``names`` when given (an
     unknown name is a RecipeError listing the known ones)."""
     found = {n: m for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)}
@@ -216,7 +229,6 @@ def weight_layers(model: nn.Module, names: Sequence[str] | None = None, *,
     if unknown:
         raise RecipeError(f"{field_name}: {unknown} are not Linear/Conv layers; known: {', '.join(found)}")
     return {n: found[n] for n in found if n in names}
-
 
 
 class ADMMUnify:
@@ -247,18 +259,27 @@ class ADMMUnify:
         4
     """
 
-    def __init__(self, model: nn.Module, *, block: Sequence[int] = (1, 4), ratio: float = 0.5,
-                 prune: float = 0.0, rho: float = 0.1, rho_factor: float = 2.0, every: int = 1,
-                 layers: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        block: Sequence[int] = (1, 4),
+        ratio: float = 0.5,
+        prune: float = 0.0,
+        rho: float = 0.1,
+        rho_factor: float = 2.0,
+        every: int = 1,
+        layers: Sequence[str] | None = None,
+    ) -> None:
         if not rho > 0 or not rho_factor >= 1 or every < 1:
-            raise RecipeError(f"unify.admm: rho={rho} must be > 0, rho_factor={rho_factor} >= 1, "
-                              f"every={every} >= 1")
+            raise RecipeError(f"unify.admm: rho={rho} must be > 0, rho_factor={rho_factor} >= 1, every={every} >= 1")
         check_options(block, ratio, prune=prune, layer="(all)")
         self.block, self.ratio, self.prune = tuple(block), ratio, prune
         self.rho, self.rho_factor, self.every = rho, rho_factor, every
         self.layers = weight_layers(model, layers, field_name="unify.layers")
-        self.z = {n: unify_project(latent_weight(m), block, ratio, prune=prune, layer=n)
-                  for n, m in self.layers.items()}
+        self.z = {
+            n: unify_project(latent_weight(m), block, ratio, prune=prune, layer=n) for n, m in self.layers.items()
+        }
         self.u = {n: torch.zeros_like(z) for n, z in self.z.items()}
         self.history: list[dict[str, float]] = []
         self._handles: list = []
@@ -268,8 +289,9 @@ class ADMMUnify:
 
     def penalty(self) -> Tensor:
         """Σ over layers of (ρ/2)·||W − Z + U||²: a scalar with gradients to the weights."""
-        return sum(((self.rho / 2) * (self._w(n) - self.z[n] + self.u[n]).square().sum()
-                    for n in self.z), torch.zeros(()))
+        return sum(
+            ((self.rho / 2) * (self._w(n) - self.z[n] + self.u[n]).square().sum() for n in self.z), torch.zeros(())
+        )
 
     def _grad_hook(self, name: str):
         w = self._w(name)
@@ -338,11 +360,26 @@ class ADMMResult:
     parametrizations: dict[str, Unified] = field(default_factory=dict)
 
 
-def admm_unify(model: nn.Module, x_train: Tensor, y_train: Tensor, x_val: Tensor, y_val: Tensor, *,
-               block: Sequence[int] = (1, 4), ratio: float = 0.5, prune: float = 0.0, rho: float = 0.1,
-               rho_factor: float = 2.0, iterations: int = 10, epochs_per_iteration: int = 1,
-               lr: float = 1e-3, batch_size: int = 128, finetune_epochs: int = 0, seed: int = 0,
-               layers: Sequence[str] | None = None) -> ADMMResult:
+def admm_unify(
+    model: nn.Module,
+    x_train: Tensor,
+    y_train: Tensor,
+    x_val: Tensor,
+    y_val: Tensor,
+    *,
+    block: Sequence[int] = (1, 4),
+    ratio: float = 0.5,
+    prune: float = 0.0,
+    rho: float = 0.1,
+    rho_factor: float = 2.0,
+    iterations: int = 10,
+    epochs_per_iteration: int = 1,
+    lr: float = 1e-3,
+    batch_size: int = 128,
+    finetune_epochs: int = 0,
+    seed: int = 0,
+    layers: Sequence[str] | None = None,
+) -> ADMMResult:
     """ADMM unification with ``fit`` (Adam): ``iterations`` Z-steps, one every
     ``epochs_per_iteration`` epochs, then the hard projection and ``finetune_epochs`` of training
     under ``Unified``. x (N, ...) float, y (N,) int64, on the model's device.
@@ -359,8 +396,16 @@ def admm_unify(model: nn.Module, x_train: Tensor, y_train: Tensor, x_val: Tensor
     from qaprune.recipe import TrainSpec
     from qaprune.train import fit
 
-    admm = ADMMUnify(model, block=block, ratio=ratio, prune=prune, rho=rho, rho_factor=rho_factor,
-                     every=epochs_per_iteration, layers=layers)
+    admm = ADMMUnify(
+        model,
+        block=block,
+        ratio=ratio,
+        prune=prune,
+        rho=rho,
+        rho_factor=rho_factor,
+        every=epochs_per_iteration,
+        layers=layers,
+    )
 
     def on_epoch(epoch: int) -> bool:
         done = len(admm.history)
@@ -375,6 +420,13 @@ def admm_unify(model: nn.Module, x_train: Tensor, y_train: Tensor, x_val: Tensor
         on_epoch(spec.epochs)  # the last Z-step: fit calls on_epoch before epochs only
     found = admm.finalize()
     if finetune_epochs:
-        fit(model, x_train, y_train, x_val, y_val, spec=spec.model_copy(update={"epochs": finetune_epochs}),
-            seed=seed + 1)
+        fit(
+            model,
+            x_train,
+            y_train,
+            x_val,
+            y_val,
+            spec=spec.model_copy(update={"epochs": finetune_epochs}),
+            seed=seed + 1,
+        )
     return ADMMResult(admm.history, accuracy(predict(model, x_val), y_val), found)

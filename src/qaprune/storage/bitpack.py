@@ -2,6 +2,7 @@
 ``ceil(n · bits / 8)`` bytes (the last byte padded with zero bits). Vectorized through
 ``np.unpackbits`` / ``np.packbits`` on a bit matrix.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -47,7 +48,7 @@ def pack_bits(codes: np.ndarray, bits: int) -> bytes:
     if bits == 0 or v.size == 0:
         return b""
     big = v.astype(f">u{width}").view(np.uint8).reshape(-1, width)
-    matrix = np.unpackbits(big, axis=1)[:, 8 * width - bits:]
+    matrix = np.unpackbits(big, axis=1)[:, 8 * width - bits :]
     return np.packbits(matrix.reshape(-1)).tobytes()
 
 
@@ -61,5 +62,5 @@ def unpack_bits(data: bytes | memoryview, bits: int, n: int) -> np.ndarray:
         raise ValueError(f"unpack_bits: {n} codes of {bits} bits need {need} bytes, got {len(data)}")
     flat = np.unpackbits(np.frombuffer(data, dtype=np.uint8, count=need), count=n * bits)
     matrix = np.zeros((n, 8 * width), dtype=np.uint8)
-    matrix[:, 8 * width - bits:] = flat.reshape(n, bits)
+    matrix[:, 8 * width - bits :] = flat.reshape(n, bits)
     return np.packbits(matrix, axis=1).view(f">u{width}").reshape(-1).astype(np.int64)

@@ -13,6 +13,7 @@ all-zero pattern. The descriptor is a JSON list ``[dtype, shape, *coding]``; ``c
   as a tensor of the same shape (dense or sparse).
 Part sizes follow from the descriptor alone; parts are concatenated in order.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,9 +29,16 @@ from qaprune.storage.sparse import best_width, decode_positions, encode_position
 from qaprune.storage.values import Choice, code_values, decode_values, value_bits, value_sizes
 
 DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-    "U8": torch.uint8, "BOOL": torch.bool,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
 }
 _CODES = {v: k for k, v in DTYPES.items()}
 NAMES = {"raw": "raw", "pk": "packed", "cb": "codebook", "hf": "huffman", "sp": "sparse", "sc": "scaled"}
@@ -115,7 +123,7 @@ class Reader:
         if n < 0 or self.pos + n > len(self.data):
             raise ValueError(f"payload too short: needs {n} bytes at offset {self.pos} of {len(self.data)}")
         self.pos += n
-        return self.data[self.pos - n:self.pos]
+        return self.data[self.pos - n : self.pos]
 
     def at_end(self) -> bool:
         return self.pos == len(self.data)
@@ -184,12 +192,25 @@ def describe(desc: list) -> dict:
     dtype, shape, n, size = _head(desc)
     if desc[2] == "sc":  # scales, then the integer codes
         row = describe(["I32", shape, *desc[4:]])
-        return {**row, "dtype": desc[0], "encoding": f"scaled+{row['encoding']}", "scales": desc[3],
-                "bytes": sum(part_sizes(desc))}
+        return {
+            **row,
+            "dtype": desc[0],
+            "encoding": f"scaled+{row['encoding']}",
+            "scales": desc[3],
+            "bytes": sum(part_sizes(desc)),
+        }
     coding, index_bits, count = desc[2:], None, n
     if coding[0] == "sp":
         index_bits, count, coding = coding[1], coding[3], coding[4:]
-    return {"shape": shape, "dtype": desc[0], "encoding": NAMES.get(desc[2], desc[2]),
-            "values": NAMES.get(coding[0], coding[0]), "bits": value_bits(coding, count, size),
-            "index_bits": index_bits, "unique": coding[1] if coding[0] in ("cb", "hf") else None,
-            "stored": count, "scales": 0, "bytes": sum(part_sizes(desc))}
+    return {
+        "shape": shape,
+        "dtype": desc[0],
+        "encoding": NAMES.get(desc[2], desc[2]),
+        "values": NAMES.get(coding[0], coding[0]),
+        "bits": value_bits(coding, count, size),
+        "index_bits": index_bits,
+        "unique": coding[1] if coding[0] in ("cb", "hf") else None,
+        "stored": count,
+        "scales": 0,
+        "bytes": sum(part_sizes(desc)),
+    }

@@ -9,6 +9,7 @@ Decoding is table-driven: a table of ``2**L`` entries (``L`` the longest code) m
 ``L`` bits to (symbol, length). The encoder records the bit offset of every ``sync``-th symbol,
 so the decoder walks all ``ceil(n / sync)`` chunks at once, one symbol per chunk per step.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -110,8 +111,9 @@ def canonical_codes(lengths: np.ndarray) -> np.ndarray:
     return codes
 
 
-def huffman_encode(symbols: np.ndarray, *, alphabet: int | None = None, sync: int = SYNC,
-                   max_len: int = MAX_LEN) -> HuffmanCode:
+def huffman_encode(
+    symbols: np.ndarray, *, alphabet: int | None = None, sync: int = SYNC, max_len: int = MAX_LEN
+) -> HuffmanCode:
     """Huffman-code a stream of symbols in ``[0, alphabet)`` (n,) (alphabet: max + 1 by default).
 
     Example:

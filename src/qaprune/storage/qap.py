@@ -17,14 +17,16 @@ Loading reads JSON and bytes only (nothing is unpickled or executed) and refuses
 is not a ``.qap`` artifact, has an unknown version, a wrong checksum or an inconsistent layout,
 with ``CheckpointError``.
 """
+
 from __future__ import annotations
 
 import copy
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -48,8 +50,7 @@ def baked_state(model_or_state_dict: nn.Module | Mapping[str, Tensor]) -> dict[s
     return dict(model_or_state_dict)
 
 
-def _digest(tensors_json: str, meta_json: str, payload: bytes | memoryview, *,
-            version: str = str(VERSION)) -> str:
+def _digest(tensors_json: str, meta_json: str, payload: bytes | memoryview, *, version: str = str(VERSION)) -> str:
     h = hashlib.sha256()
     for text in (FORMAT, version, tensors_json, meta_json):
         h.update(text.encode())
@@ -58,8 +59,7 @@ def _digest(tensors_json: str, meta_json: str, payload: bytes | memoryview, *,
     return h.hexdigest()
 
 
-def qap_bytes(model_or_state_dict: nn.Module | Mapping[str, Tensor], *,
-              meta: dict[str, Any] | None = None) -> bytes:
+def qap_bytes(model_or_state_dict: nn.Module | Mapping[str, Tensor], *, meta: dict[str, Any] | None = None) -> bytes:
     """The bytes of the ``.qap`` artifact of a model (baked on a copy) or of a state dict."""
     descriptors, parts = {}, []
     for name, tensor in baked_state(model_or_state_dict).items():
@@ -81,15 +81,18 @@ def qap_bytes(model_or_state_dict: nn.Module | Mapping[str, Tensor], *,
 def _safetensors(payload: bytes, metadata: dict[str, str]) -> bytes:
     """A safetensors file of one uint8 tensor, ``payload``, written here rather than by the
     library, whose writer orders the metadata at random: the same model gives the same bytes."""
-    header = {"__metadata__": metadata,
-              "payload": {"dtype": "U8", "shape": [len(payload)], "data_offsets": [0, len(payload)]}}
+    header = {
+        "__metadata__": metadata,
+        "payload": {"dtype": "U8", "shape": [len(payload)], "data_offsets": [0, len(payload)]},
+    }
     text = json.dumps(header, **_COMPACT).encode()
     text += b" " * (-len(text) % 8)  # the format aligns the data to 8 bytes
     return len(text).to_bytes(8, "little") + text + payload
 
 
-def save_qap(model_or_state_dict: nn.Module | Mapping[str, Tensor], path: str | Path, *,
-             meta: dict[str, Any] | None = None) -> int:
+def save_qap(
+    model_or_state_dict: nn.Module | Mapping[str, Tensor], path: str | Path, *, meta: dict[str, Any] | None = None
+) -> int:
     """Write the ``.qap`` artifact of a model (baked on a copy; the model is not changed) or of a
     plain state dict, atomically (a temporary name, then a rename). Returns the bytes written.
 
@@ -125,15 +128,17 @@ def _open(data: bytes, source: str) -> tuple[dict[str, list], dict[str, Any], me
 
     try:
         tensors = load(data)
-        header = json.loads(bytes(data[8:8 + int.from_bytes(data[:8], "little")]))
+        header = json.loads(bytes(data[8 : 8 + int.from_bytes(data[:8], "little")]))
     except Exception as exc:  # safetensors raises its own error types for bad headers
         raise CheckpointError(f"{source}: not a .qap artifact (not a valid safetensors file: {exc})") from None
     info = header.get("__metadata__") or {}
     if info.get("format") != FORMAT:
         raise CheckpointError(f"{source}: not a .qap artifact (format {info.get('format')!r}, expected {FORMAT!r})")
     if info.get("version") not in {str(v) for v in SUPPORTED_VERSIONS}:
-        raise CheckpointError(f"{source}: .qap version {info.get('version')!r} is not supported "
-                              f"(this qaprune reads versions {list(SUPPORTED_VERSIONS)})")
+        raise CheckpointError(
+            f"{source}: .qap version {info.get('version')!r} is not supported "
+            f"(this qaprune reads versions {list(SUPPORTED_VERSIONS)})"
+        )
     blob = tensors.get("payload")
     if set(tensors) != {"payload"} or blob.dtype != torch.uint8 or blob.dim() != 1:
         raise CheckpointError(f"{source}: corrupt .qap artifact (expected one uint8 payload, got {sorted(tensors)})")

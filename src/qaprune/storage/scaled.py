@@ -7,6 +7,7 @@ so ``s`` is that maximum divided by ``2^j - 1`` for some ``j`` (up to rounding o
 hence the neighbours one unit in the last place either side). Candidates are tried on a few
 columns first, so tensors that are not scaled integers are turned down cheaply.
 """
+
 from __future__ import annotations
 
 import torch

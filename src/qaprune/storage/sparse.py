@@ -6,6 +6,7 @@ Deep Compression; here a filler is the delta value 0 and means "advance ``2**wid
 value here", so fillers need no code of their own. Width 1 is a plain bitmap (1: a non-zero,
 0: skip one position). Zeros after the last non-zero are implied by the tensor's size.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -11,11 +11,12 @@ A coding is a JSON list, and the byte size of each of its parts follows from it 
   canonical Huffman stream of the indices (``T`` bits).
 Each part starts on a byte boundary.
 """
+
 from __future__ import annotations
 
 import json
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -54,8 +55,12 @@ def value_sizes(coding: Coding, n: int, size: int) -> list[int]:
     if kind == "hf" and len(args) == 3:
         u, book_bits, total = args
         syncs = -(-n // SYNC) - 1
-        return [_book_bytes(u, book_bits, size), nbytes(LENGTH_BITS * u),
-                nbytes(syncs * _offset_bits(total)), nbytes(total)]
+        return [
+            _book_bytes(u, book_bits, size),
+            nbytes(LENGTH_BITS * u),
+            nbytes(syncs * _offset_bits(total)),
+            nbytes(total),
+        ]
     raise ValueError(f"unknown coding {coding!r}; known: raw, pk, cb, hf")
 
 
@@ -101,8 +106,12 @@ def code_values(p: np.ndarray, *, bound: float = math.inf) -> Choice:
 
 def _huffman_parts(book: np.ndarray, book_bits: int, symbols: np.ndarray, u: int) -> list[bytes]:
     code = huffman_encode(symbols, alphabet=u)
-    return [_store(book, book_bits), pack_bits(code.lengths, LENGTH_BITS),
-            pack_bits(code.starts[1:], _offset_bits(code.total_bits)), code.stream]
+    return [
+        _store(book, book_bits),
+        pack_bits(code.lengths, LENGTH_BITS),
+        pack_bits(code.starts[1:], _offset_bits(code.total_bits)),
+        code.stream,
+    ]
 
 
 def _count(x: object, name: str, hi: int = 1 << 48) -> int:
