@@ -16,21 +16,20 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import qaprune.quant.cluster as cluster_mod
-from qaprune.compress import attach, bake
+from qaprune.compress import attach, cluster_k, recipe_clusters
 from qaprune.errors import RecipeError
 from qaprune.models import build_model
-from qaprune.prune.pruner import Mask, get_mask, prune_to
+from qaprune.param import Mask, bake, get_mask
+from qaprune.prune.pruner import prune_to
 from qaprune.quant.cluster import (
     Cluster,
     ClusterPull,
     cluster_centres,
-    cluster_k,
     cluster_model,
     cluster_penalty,
     clusters_from_state,
     kmeans_1d,
     nearest,
-    recipe_clusters,
 )
 from qaprune.quant.fake_quant import FakeQuant
 from qaprune.recipe import Recipe

@@ -10,13 +10,13 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from qaprune.compress import attach, bake, rewind
+from qaprune.compress import attach, rewind
 from qaprune.io import copy_state
 from qaprune.models import build_model
+from qaprune.param import bake, find, get_mask, latent_weight
 from qaprune.prune import current_sparsity, prunable_layers, prune_to
-from qaprune.prune.pruner import get_mask, latent_weight
 from qaprune.quant.activations import QuantInput, QuantReLU
-from qaprune.quant.fake_quant import FakeQuant, find, weight_bits
+from qaprune.quant.fake_quant import FakeQuant, weight_bits
 from qaprune.recipe import Recipe
 
 FCS = ("fc1", "fc2", "fc3", "fc4")
@@ -246,3 +246,26 @@ def test_rewind_restores_init_weights_keeps_masks() -> None:
         assert torch.all(mod.weight[masks[name] == 0] == 0)
     assert torch.equal(model.bn1.running_mean, init["bn1.running_mean"])
     assert current_sparsity(model) == 0.5
+
+
+@pytest.mark.parametrize(
+    "recipe,masked",
+    [
+        ({}, []),
+        ({"prune": {"sparsity": 0.5}}, ["fc1", "fc2", "fc3", "fc4"]),
+        ({"prune": {"sparsity": 0.5}, "layers": {"fc4": {"prune": False}, "fc2": {"sparsity": 0.0}}}, ["fc1", "fc3"]),
+        ({"layers": {"fc2": {"sparsity": 0.3}}}, ["fc1", "fc2", "fc3", "fc4"]),
+        ({"train": {"optimizer": "hspg"}}, ["fc1", "fc2", "fc3", "fc4"]),  # its zeros become masks
+        ({"train": {"optimizer": "obproxsg"}, "layers": {"fc4": {"prune": False}}}, ["fc1", "fc2", "fc3"]),
+    ],
+)
+def test_one_rule_says_which_layers_get_a_mask(recipe: dict, masked: list[str]) -> None:
+    from qaprune.compress import pruned_layers
+
+    r = Recipe.parse({"quant": {"weight_bits": 4}, **recipe})
+    model = build_model("mlp", input_shape=(16,), num_classes=5)
+    assert pruned_layers(model, r) == masked
+    attach(model, r, sample=torch.randn(8, 16))
+    assert list(prunable_layers(model)) == masked
+    for name in masked:  # the mask before the quantizer: quant(mask · w)
+        assert [type(p).__name__ for p in getattr(model, name).parametrizations.weight] == ["Mask", "FakeQuant"]

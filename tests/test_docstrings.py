@@ -30,6 +30,11 @@ MODULES = [
     "qaprune.prune.channels",
     "qaprune.export.fold",
     "qaprune.quant.mixed",
+    "qaprune.quant.bits",
+    "qaprune.param",
+    "qaprune.prune.allocation",
+    "qaprune.methods",
+    "qaprune.rundir",
 ]
 
 

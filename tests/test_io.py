@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from qaprune.errors import CheckpointError
-from qaprune.io import copy_state, load_into, load_tensors, read_json, save_tensors, write_json
+from qaprune.io import copy_state, load_tensors, read_json, save_tensors, write_json
+from qaprune.rundir import load_into
 
 
 def test_save_load_round_trip(tmp_path: Path) -> None:

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from qaprune.errors import RecipeError
-from qaprune.prune import CRITERIA, STRUCTURES
+from qaprune.prune import CRITERIA, SCHEDULES, STRUCTURES
+from qaprune.prune.allocation import ALLOCATIONS
 from qaprune.recipe import (
     DataSpec,
     LayerOverride,
@@ -237,12 +238,22 @@ def test_error_messages_exact(data: dict, msg: str) -> None:
     assert str(info.value) == msg
 
 
-def test_literal_error_lists_allowed_values() -> None:
+REGISTERED = [("criterion", CRITERIA), ("structure", STRUCTURES), ("allocation", ALLOCATIONS), ("schedule", SCHEDULES)]
+
+
+@pytest.mark.parametrize("field,registry", REGISTERED)
+def test_registered_names_are_checked_against_their_registry(field: str, registry) -> None:
+    for name in registry.names():  # every registered name is a valid recipe value
+        assert getattr(Recipe.parse({"prune": {field: name}}).prune, field) == name
     with pytest.raises(RecipeError) as info:
-        Recipe.parse({"prune": {"allocation": "layerwise"}})
-    msg = str(info.value)
-    assert msg.startswith("recipe.prune.allocation: 'layerwise': ")
-    assert "'global'" in msg and "'uniform'" in msg
+        Recipe.parse({"prune": {field: "layerwise"}})
+    assert str(info.value) == f"recipe.prune.{field}: 'layerwise' is unknown; known: {', '.join(registry.names())}"
+
+
+@pytest.mark.parametrize("field,registry", REGISTERED)
+def test_the_schema_lists_registered_names_as_enums(field: str, registry) -> None:
+    prop = json_schema()["$defs"]["PruneSpec"]["properties"][field]
+    assert prop["type"] == "string" and prop["enum"] == registry.names()
 
 
 def test_sparse_optimizer_round_trips_and_defaults() -> None:

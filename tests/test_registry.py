@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from qaprune.data import DATASETS
+from qaprune.export.formats import EXPORTERS, Exporter
 from qaprune.models import MODELS
 from qaprune.prune import CRITERIA, SCHEDULES, STRUCTURES
+from qaprune.prune.allocation import ALLOCATIONS
 from qaprune.registry import Registry, UnknownNameError
 
 
@@ -68,6 +71,8 @@ def test_unknown_name_in_empty_registry() -> None:
         (STRUCTURES, "structure", {"unstructured"}),
         (SCHEDULES, "schedule", {"iterative", "cubic", "oneshot"}),
         (MODELS, "model", {"mlp", "lenet300", "lenet5", "vgg_small"}),
+        (ALLOCATIONS, "allocation", {"global", "uniform", "lamp"}),
+        (DATASETS, "dataset", {"digits", "letter", "mnist"}),
     ],
 )
 def test_package_registries(reg: Registry, kind: str, members: set[str]) -> None:
@@ -75,6 +80,14 @@ def test_package_registries(reg: Registry, kind: str, members: set[str]) -> None
     assert members <= set(reg.names())
     for name in reg.names():
         assert callable(reg.get(name))
+
+
+@pytest.mark.parametrize("name", EXPORTERS.names())
+def test_every_export_format_has_a_writer_a_verifier_and_a_suffix(name: str) -> None:
+    exporter = EXPORTERS.get(name)
+    assert isinstance(exporter, Exporter) and exporter.name == name and exporter.suffix.endswith((".onnx", ".qap"))
+    assert type(exporter).write is not Exporter.write and type(exporter).verify is not Exporter.verify
+    assert {"onnx", "qdq", "qonnx", "qap"} <= set(EXPORTERS.names())
 
 
 def test_every_top_level_export_resolves():

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import qaprune.rundir as rundir
 import qaprune.runner as runner
 from qaprune.errors import CheckpointError, NonFiniteError, RecipeError
 from qaprune.io import load_tensors
@@ -162,7 +163,7 @@ def test_cubic_schedule_reaches_final_sparsity(tmp_path):
 
 def test_measure_saved_reproduces_results(tmp_path):
     res = runner.run(QAP, out=tmp_path / "r", log=lambda *_: None)
-    again = runner.measure_saved(tmp_path / "r")
+    again = rundir.measure_saved(tmp_path / "r")
     assert again["accuracy"] == res.metrics["accuracy"]
     assert again["bops"] == res.metrics["bops"]
 
@@ -187,7 +188,7 @@ def test_weight_sharing_round_after_pruning(tmp_path):
     res = runner.run(CLUSTERED, out=tmp_path / "c", log=lambda *_: None)
     phases = [h["phase"] for h in res.results["history"]]
     assert phases == ["train", "prune", "cluster"]
-    _, _, model = runner.load_run(tmp_path / "c")  # clusters rebuilt from the weights file
+    _, _, model = rundir.load_run(tmp_path / "c")  # clusters rebuilt from the weights file
     for name, k in (("fc1", 4), ("fc2", 8), ("fc3", 8)):
         w = model.get_submodule(name).weight
         assert len(torch.unique(w[w != 0])) <= k, name

@@ -13,7 +13,8 @@ import qaprune.lc as lc_module
 import qaprune.schemes as schemes_module
 from qaprune.errors import RecipeError
 from qaprune.lc import lc_compress
-from qaprune.prune.pruner import add_mask, get_mask, prune_to
+from qaprune.param import add_mask, get_mask
+from qaprune.prune.pruner import prune_to
 from qaprune.schemes import Cluster, Compose, Prune, Quantize, Scheme, Unify
 
 

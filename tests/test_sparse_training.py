@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+import qaprune.rundir as rundir
 import qaprune.runner as runner
 from qaprune.errors import RecipeError
 from qaprune.io import load_tensors
@@ -73,9 +74,9 @@ def test_masks_sit_before_quantizers_without_pruning(tmp_path) -> None:
     assert [h["step"] for h in res.results["history"]] == [0]
     assert res.metrics["sparsity"] > 0
     r, cpu = Recipe.parse(recipe), torch.device("cpu")
-    model = runner.build(r, runner.load_data(r, None, cpu), cpu)
+    model = rundir.build(r, rundir.load_data(r, None, cpu), cpu)
     assert [type(p).__name__ for p in model.fc1.parametrizations.weight] == ["Mask", "FakeQuant"]
-    again = runner.measure_saved(tmp_path / "r")  # the recipe rebuilds the same state
+    again = rundir.measure_saved(tmp_path / "r")  # the recipe rebuilds the same state
     assert again["sparsity"] == pytest.approx(res.metrics["sparsity"])
     assert again["accuracy"] == pytest.approx(res.metrics["accuracy"])
 

@@ -20,10 +20,11 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import load, save, save_file
 
-from qaprune.compress import attach, bake
+from qaprune.compress import attach
 from qaprune.errors import CheckpointError
 from qaprune.metrics.size import fp32_bytes, size_bytes
 from qaprune.models import build_model
+from qaprune.param import bake
 from qaprune.prune import prune_to
 from qaprune.recipe import Recipe
 from qaprune.storage import (

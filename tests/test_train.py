@@ -12,8 +12,8 @@ from torch import nn
 from qaprune.compress import attach
 from qaprune.errors import NonFiniteError
 from qaprune.models import build_model
+from qaprune.param import get_mask, latent_weight
 from qaprune.prune import prune_to
-from qaprune.prune.pruner import get_mask, latent_weight
 from qaprune.recipe import Recipe, TrainSpec
 from qaprune.train import evaluate_loss, fit, l1_penalty, make_optimizer
 

@@ -14,7 +14,8 @@ from torch import nn
 
 import qaprune.quant.unify as unify_module
 from qaprune.errors import RecipeError
-from qaprune.quant.unify import ADMMUnify, Unified, admm_unify, block_errors, block_ids, choose_blocks, unify_project
+from qaprune.methods import admm_unify
+from qaprune.quant.unify import ADMMUnify, Unified, block_errors, block_ids, choose_blocks, unify_project
 from qaprune.recipe import TrainSpec
 from qaprune.train import fit
 

@@ -23,7 +23,7 @@ _EXPORTS = {
     "RunResult": "qaprune.runner",
     "Recipe": "qaprune.recipe",
     "attach": "qaprune.compress",
-    "bake": "qaprune.compress",
+    "bake": "qaprune.param",
     "rewind": "qaprune.compress",
     "fit": "qaprune.train",
     "measure": "qaprune.metrics",

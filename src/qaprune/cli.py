@@ -111,7 +111,7 @@ def measure(
     data_dir: str | None = typer.Option(None, "--data-dir"),
 ) -> None:
     """Re-measure a saved model on its recipe's test split; prints the metrics as JSON."""
-    from qaprune.runner import measure_saved
+    from qaprune.rundir import measure_saved
 
     typer.echo(json.dumps(measure_saved(target, data_dir=data_dir), indent=2))
 

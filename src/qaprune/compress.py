@@ -1,19 +1,52 @@
-"""prepare → train → convert: ``attach`` puts masks and quantizers on a model, ``bake`` turns
-them into plain weights; ``rewind`` resets weights for lottery-ticket training.
+"""prepare → train → convert: ``attach`` puts masks and quantizers on a model as a recipe says,
+``bake`` (``qaprune.param``) turns them into plain weights; ``rewind`` resets weights for
+lottery-ticket training.
+
+This is where a recipe meets a model, so the per-layer rules live here:
+
+- a Linear/Conv weight gets a ``Mask`` when the recipe prunes (``prune.sparsity`` > 0, a layer's
+  ``sparsity``, or a sparse optimizer, ``train.optimizer: hspg | obproxsg``), unless its
+  ``layers.<p>.prune`` is false or its own ``sparsity`` is 0 (``pruned_layers``);
+- its bits: ``layers.<p>.weight_bits`` / ``per_channel`` of the patterns matching its name, else
+  ``quant.weight_bits`` / ``quant.per_channel`` (``weight_spec``);
+- a ReLU (it becomes a ``QuantReLU``): ``layers.<p>.act_bits`` of the patterns matching its own
+  name **or the name of the Linear/Conv right before it** in module order, so
+  ``layers.fc1.act_bits`` sets the activation that fc1 feeds; else ``quant.act_bits``
+  (``act_bits_plan``);
+- its number of shared values: ``layers.<p>.clusters``, else ``quant.clusters``
+  (``recipe_clusters``).
+
+Patterns apply in recipe order, later ones win. A bits override whose pattern matches no module
+it applies to (a typo) is refused naming the pattern; a width outside ``quant.bits`` is refused
+naming the module it would be used for.
 """
 
 from __future__ import annotations
 
+import fnmatch
 from collections import OrderedDict
+from typing import Any
 
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
-from qaprune.prune.pruner import add_mask
+from qaprune.errors import RecipeError
+from qaprune.param import add_mask, bake, place, weight_layers
 from qaprune.quant.activations import QuantInput, QuantReLU
-from qaprune.quant.fake_quant import FLOAT_BITS, FakeQuant, weight_quantizer
-from qaprune.quant.mixed import RELUS, WEIGHT_LAYERS, act_bits_plan, check_patterns, weight_spec
-from qaprune.recipe import Recipe
+from qaprune.quant.bits import FLOAT_BITS, check_bits
+from qaprune.quant.fake_quant import FakeQuant, weight_quantizer
+from qaprune.quant.mixed import RELUS, relu_producers
+from qaprune.recipe import SPARSE_OPTIMIZERS, Recipe
+
+__all__ = [
+    "act_bits_plan",
+    "attach",
+    "bake",
+    "check_patterns",
+    "pruned_layers",
+    "recipe_clusters",
+    "rewind",
+    "weight_spec",
+]
 
 
 def attach(model: nn.Module, recipe: Recipe, *, sample: Tensor | None = None) -> nn.Module:
@@ -35,13 +68,13 @@ def attach(model: nn.Module, recipe: Recipe, *, sample: Tensor | None = None) ->
         >>> type(m.act1).__name__, [type(p).__name__ for p in m.fc1.parametrizations.weight]
         ('QuantReLU', ['Mask', 'FakeQuant'])
     """
-    q, pruning = recipe.quant, recipe.prune.sparsity > 0 or any(o.sparsity for o in recipe.layers.values())
+    q = recipe.quant
     check_patterns(model, recipe)
     acts = act_bits_plan(model, recipe)  # every bit width is checked before the model changes
-    weights = {n: weight_spec(recipe, n) for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)}
-    for name, mod in list(model.named_modules()):
-        if isinstance(mod, WEIGHT_LAYERS):
-            _attach_weight(mod, recipe, name, pruning, *weights[name])
+    weights = {n: weight_spec(recipe, n) for n in weight_layers(model)}
+    masked = set(pruned_layers(model, recipe))
+    for name, mod in weight_layers(model).items():
+        _attach_weight(mod, recipe, name in masked, *weights[name])
     _replace_relus(model, recipe, acts)
     input_bits = q.input_bits if q.input_bits is not None else q.act_bits
     if input_bits < FLOAT_BITS:
@@ -49,15 +82,35 @@ def attach(model: nn.Module, recipe: Recipe, *, sample: Tensor | None = None) ->
     return model
 
 
-def _attach_weight(mod: nn.Module, recipe: Recipe, name: str, pruning: bool, bits: int, per_channel: bool) -> None:
-    over, q = recipe.layer(name), recipe.quant
-    if pruning and over.prune is not False and (over.sparsity is None or over.sparsity > 0):
+def pruned_layers(model: nn.Module, recipe: Recipe) -> list[str]:
+    """The Linear/Conv layers ``attach`` gives a ``Mask``, by name, in module order.
+
+    Example:
+        >>> from qaprune.models import build_model
+        >>> m = build_model("mlp", input_shape=(16,), num_classes=5)
+        >>> pruned_layers(m, Recipe(prune={"sparsity": 0.5}, layers={"fc4": {"prune": False}}))
+        ['fc1', 'fc2', 'fc3']
+    """
+    sparse = recipe.train.optimizer in SPARSE_OPTIMIZERS  # their zeros become masks after each round
+    if not (sparse or recipe.prune.sparsity > 0 or any(o.sparsity for o in recipe.layers.values())):
+        return []
+    out = []
+    for name in weight_layers(model):
+        over = recipe.layer(name)
+        if over.prune is not False and (over.sparsity is None or over.sparsity > 0):
+            out.append(name)
+    return out
+
+
+def _attach_weight(mod: nn.Module, recipe: Recipe, masked: bool, bits: int, per_channel: bool) -> None:
+    q = recipe.quant
+    if masked:
         add_mask(mod)
     if bits < FLOAT_BITS:
-        quant = weight_quantizer(bits, per_channel=per_channel, learned=q.weight_scale == "learned", weight=mod.weight)
-        parametrize.register_parametrization(mod, "weight", quant.to(mod.weight.device))
+        learned = q.weight_scale == "learned"
+        place(mod, "weight", weight_quantizer(bits, per_channel=per_channel, learned=learned, weight=mod.weight))
     if q.bias_bits < FLOAT_BITS and getattr(mod, "bias", None) is not None:
-        parametrize.register_parametrization(mod, "bias", FakeQuant(q.bias_bits))
+        place(mod, "bias", FakeQuant(q.bias_bits))
 
 
 def _replace_relus(model: nn.Module, recipe: Recipe, plan: dict[str, int]) -> None:
@@ -91,21 +144,6 @@ def _attach_input(
         model.register_forward_pre_hook(lambda mod, args: (mod.input_quant(args[0]), *args[1:]))
 
 
-def bake(model: nn.Module) -> nn.Module:
-    """Turn every parametrization into a plain weight (masked, quantized values), in place.
-    Activation quantizers stay: they are part of the model's function."""
-    for mod in model.modules():
-        names = list(getattr(mod, "parametrizations", {}) or {})
-        if names:
-            # copy.deepcopy shares the generated Parametrized* class between copies, and removal
-            # deletes properties from that class: give this module a class of its own first.
-            cls = mod.__class__
-            mod.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
-        for tensor_name in names:
-            parametrize.remove_parametrizations(mod, tensor_name, leave_parametrized=True)
-    return model
-
-
 def rewind(model: nn.Module, init_state: dict[str, Tensor]) -> None:
     """Lottery-ticket rewinding: every parameter and buffer back to ``init_state``, masks kept."""
     state = model.state_dict()
@@ -113,3 +151,81 @@ def rewind(model: nn.Module, init_state: dict[str, Tensor]) -> None:
         if key in state and not key.endswith(".mask"):
             state[key] = value
     model.load_state_dict(state)
+
+
+# --- what the recipe says for one layer ---------------------------------------------------------
+def _last_match(recipe: Recipe, names: tuple[str | None, ...], field: str) -> tuple[Any, str | None]:
+    """The value of ``layers.<p>.<field>`` of the last pattern matching any of ``names``, and p."""
+    value, source = None, None
+    for pattern, spec in recipe.layers.items():
+        v = getattr(spec, field)
+        if v is not None and _matches(pattern, names):
+            value, source = v, pattern
+    return value, source
+
+
+def _matches(pattern: str, names) -> bool:
+    return any(n and fnmatch.fnmatchcase(n, pattern) for n in names)
+
+
+def _checked(value: int, source: str | None, module: str, field: str) -> int:
+    """``quant.bits``' rule once more at attach time (a recipe built without validation)."""
+    where = f"layers.{source}" if source is not None else "quant"
+    return check_bits(value, field=f"module {module!r}: recipe.{where}.{field}", weights=field == "weight_bits")
+
+
+def weight_spec(recipe: Recipe, name: str) -> tuple[int, bool]:
+    """(bits, per_channel) of the weight of module ``name``.
+
+    Example:
+        >>> weight_spec(Recipe.parse({"quant": {"weight_bits": 6}, "layers": {"fc1": {"weight_bits": 1}}}), "fc1")
+        (1, False)
+    """
+    bits, src = _last_match(recipe, (name,), "weight_bits")
+    if bits is None:
+        bits = recipe.quant.weight_bits
+    per_channel, _ = _last_match(recipe, (name,), "per_channel")
+    return _checked(bits, src, name, "weight_bits"), (recipe.quant.per_channel if per_channel is None else per_channel)
+
+
+def act_bits_plan(model: nn.Module, recipe: Recipe) -> dict[str, int]:
+    """Bits of every ReLU of ``model`` (32: stays a float ReLU), by name."""
+    plan = {}
+    for relu, producer in relu_producers(model).items():
+        bits, src = _last_match(recipe, (relu, producer), "act_bits")
+        plan[relu] = _checked(recipe.quant.act_bits if bits is None else bits, src, relu, "act_bits")
+    return plan
+
+
+def check_patterns(model: nn.Module, recipe: Recipe) -> None:
+    """Refuse bits overrides whose pattern matches no module they apply to, naming the pattern:
+    ``weight_bits`` / ``per_channel`` need a Linear/Conv, ``act_bits`` a ReLU or a Linear/Conv.
+    (``act_bits`` on a layer that no ReLU follows, such as the classifier, changes nothing: its
+    output stays float. Searches set it on every layer, so it is not an error.)"""
+    layers = list(weight_layers(model))
+    relus = list(relu_producers(model))
+    for pattern, spec in recipe.layers.items():
+        for field in ("weight_bits", "per_channel"):
+            if getattr(spec, field) is not None and not _matches(pattern, layers):
+                raise RecipeError(
+                    f"recipe.layers.{pattern}.{field}: matches no Linear/Conv layer; "
+                    f"layers: {', '.join(layers) or 'none'}"
+                )
+        if spec.act_bits is not None and not _matches(pattern, [*relus, *layers]):
+            raise RecipeError(
+                f"recipe.layers.{pattern}.act_bits: matches no ReLU nor Linear/Conv layer; "
+                f"ReLUs: {', '.join(relus) or 'none'}; layers: {', '.join(layers) or 'none'}"
+            )
+
+
+def cluster_k(recipe: Recipe, name: str) -> int | None:
+    """The number of shared values of layer ``name``: its ``layers.<pattern>.clusters`` override,
+    else ``quant.clusters``; None: not clustered."""
+    over = recipe.layer(name).clusters
+    return over if over is not None else recipe.quant.clusters
+
+
+def recipe_clusters(model: nn.Module, recipe: Recipe) -> dict[str, int]:
+    """``{layer: k}`` for every Linear/Conv layer the recipe clusters (``cluster_model``'s k)."""
+    ks = {n: cluster_k(recipe, n) for n in weight_layers(model)}
+    return {n: k for n, k in ks.items() if k is not None}

@@ -84,7 +84,8 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run every variant into ``out/<variant>``; write ``out/report.html`` and ``out/summary.json``."""
     from qaprune.report import write_comparison_report
-    from qaprune.runner import clean, run
+    from qaprune.rundir import clean
+    from qaprune.runner import run
 
     out = Path(out)
     t0, runs = time.perf_counter(), {}

@@ -38,23 +38,6 @@ def load_tensors(path: str | Path) -> dict[str, Tensor]:
         raise CheckpointError(f"{p}: not a valid safetensors file ({exc}); refusing to load it") from None
 
 
-def load_into(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load a state dict saved by ``save_tensors(model.state_dict())`` into ``model``."""
-    from qaprune.prune.groups import restore_channel_masks
-    from qaprune.quant.cluster import clusters_from_state
-
-    state = load_tensors(path)
-    restore_channel_masks(model, state)
-    if any(k.endswith(".centroids") for k in state) and not any(k.endswith(".centroids") for k in model.state_dict()):
-        clusters_from_state(model, state)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0:3]
-        raise CheckpointError(f"{path}: does not fit the model: {' '.join(first)}") from None
-    return model
-
-
 def write_json(path: str | Path, data: Any) -> Path:
     p = Path(path)
     tmp = p.with_name(p.name + ".tmp")

@@ -7,33 +7,40 @@ round is checkpointed (safetensors + JSON), so an interrupted run resumes where 
 
 from __future__ import annotations
 
-import os
-import platform
-import random
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from qaprune.compress import WEIGHT_LAYERS, attach, rewind
-from qaprune.errors import CheckpointError, RecipeError
-from qaprune.io import copy_state, load_into, load_tensors, read_json, save_tensors, write_json
+from qaprune import __version__ as VERSION
+from qaprune.compress import recipe_clusters, rewind
+from qaprune.io import copy_state, load_tensors, save_tensors, write_json
 from qaprune.metrics import measure
-from qaprune.prune import CRITERIA, prunable_layers, prune_to
+from qaprune.param import prunable_layers
+from qaprune.prune import CRITERIA, prune_to
 from qaprune.prune.optim import groups_to_masks
-from qaprune.prune.pruner import add_mask
 from qaprune.prune.schedules import SCHEDULES, steps
 from qaprune.prune.stats import MomentumTracker, collect_stats
-from qaprune.quant.cluster import ClusterPull, cluster_model, recipe_clusters
+from qaprune.quant.cluster import ClusterPull, cluster_model
 from qaprune.recipe import SPARSE_OPTIMIZERS, Recipe
+from qaprune.rundir import (
+    build,
+    checkpoint,
+    environment,
+    load_data,
+    load_into,
+    load_run,
+    prepare,
+    resolve_recipe,
+    setup,
+    start_or_resume,
+)
 from qaprune.train import fit
 
-VERSION = "0.1.0"
+__all__ = ["RunResult", "run"]
 
 
 @dataclass
@@ -44,75 +51,6 @@ class RunResult:
     @property
     def metrics(self) -> dict[str, Any]:
         return self.results["metrics"]
-
-
-def resolve_recipe(recipe: Recipe | str | Path | dict, overrides: list[str] | None = None) -> Recipe:
-    if isinstance(recipe, Recipe):
-        return recipe.override(overrides) if overrides else recipe
-    if isinstance(recipe, dict):
-        return Recipe.parse(recipe).override(overrides or [])
-    return Recipe.load(recipe, overrides=overrides)
-
-
-def setup(recipe: Recipe) -> torch.device:
-    """Seeds, threads, determinism and the device."""
-    seed = recipe.seed
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if recipe.train.threads:
-        torch.set_num_threads(recipe.train.threads)
-    if recipe.train.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    if recipe.device == "cuda" and not torch.cuda.is_available():
-        raise RecipeError("recipe.device: 'cuda' requested but no CUDA device is available; use auto or cpu")
-    name = "cuda" if recipe.device == "cuda" or (recipe.device == "auto" and torch.cuda.is_available()) else "cpu"
-    return torch.device(name)
-
-
-def load_data(recipe: Recipe, data_dir: str | None, device: torch.device):
-    from qaprune.data import load_dataset
-
-    d = recipe.data
-    data = load_dataset(
-        d.name,
-        path=d.path,
-        data_dir=data_dir,
-        train=d.train,
-        val=d.val,
-        test=d.test,
-        scale=d.scale,
-        seed=d.seed,
-        label_column=d.label_column,
-    )
-    for split in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
-        setattr(data, split, getattr(data, split).to(device))
-    return data
-
-
-def build(recipe: Recipe, data, device: torch.device) -> nn.Module:
-    """The model of ``recipe`` for ``data``, with masks and quantizers attached."""
-    from qaprune.models import build_model
-
-    torch.manual_seed(recipe.seed)
-    model = build_model(
-        recipe.model.name, input_shape=data.input_shape, num_classes=data.num_classes, **recipe.model.args
-    )
-    _sparse_masks(model, recipe)
-    return attach(model.to(device), recipe, sample=data.x_train).to(device)
-
-
-def _sparse_masks(model: nn.Module, recipe: Recipe) -> None:
-    """Under HSPG / OBProx-SG, masks (all ones) on every layer attach would prune, where attach
-    adds none (no pruning): they must sit before the quantizers, and ``groups_to_masks`` fills
-    them after each round. Mirrors attach's rule, so every build of a recipe has the same state."""
-    pruning = recipe.prune.sparsity > 0 or any(o.sparsity for o in recipe.layers.values())
-    if recipe.train.optimizer not in SPARSE_OPTIMIZERS or pruning:
-        return
-    for name, mod in list(model.named_modules()):
-        over = recipe.layer(name)
-        if isinstance(mod, WEIGHT_LAYERS) and over.prune is not False and over.sparsity is None:
-            add_mask(mod)
 
 
 def plan(recipe: Recipe, model: nn.Module) -> tuple[list[float], dict[str, float], float]:
@@ -166,7 +104,7 @@ class _Pruning:
             stats=stats,
             structure_args=p.structure_args,
             layer_args=layer_args,
-            example_input=self.data.x_train[:2] if p.structure == "channels" else None,
+            example_input=self.data.x_train[:2],  # for structures that act on channel groups
         )
 
 
@@ -189,7 +127,7 @@ def run(
     """
     recipe = resolve_recipe(recipe, overrides)
     run_dir = Path(out) if out is not None else Path("runs") / recipe.name
-    ckpt = _prepare_dir(run_dir, recipe, resume)
+    ckpt = prepare(run_dir, recipe, resume)
     device = setup(recipe)
     data = load_data(recipe, data_dir, device)
     model = build(recipe, data, device)
@@ -197,7 +135,7 @@ def run(
     pruning = _Pruning(recipe, fixed, final, data)
     if "momentum" in pruning.needs:
         pruning.tracker = MomentumTracker(model)
-    state = _start_or_resume(model, ckpt, resume)
+    state = start_or_resume(model, ckpt, resume)
     history, timing = state["history"], state["timing"]
     init_state = load_tensors(ckpt / "init.safetensors")
     t_start = time.perf_counter()
@@ -230,7 +168,7 @@ def run(
             f"step {step}: sparsity {entry['sparsity']:.3f} accuracy {entry['accuracy']:.4f} "
             f"BOPs {entry['bops']:.4g} ({entry['bops_reduction']:.1f}x) epochs {res.epochs}"
         )
-        _checkpoint(model, ckpt, step, history, timing)
+        checkpoint(model, ckpt, step, history, timing)
     timing["total_seconds"] = timing.get("total_seconds", 0.0) + time.perf_counter() - t_start
     return RunResult(run_dir, _finish(model, recipe, data, run_dir, history, timing))
 
@@ -340,42 +278,6 @@ def _both(*hooks):
     return step
 
 
-def _prepare_dir(run_dir: Path, recipe: Recipe, resume: bool) -> Path:
-    ckpt = run_dir / "checkpoints"
-    if (ckpt / "state.json").exists() and not resume:
-        raise RecipeError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
-    if resume and (run_dir / "recipe.yaml").exists():
-        saved = Recipe.load(run_dir / "recipe.yaml")
-        if saved != recipe:
-            raise RecipeError(
-                f"--resume: the recipe differs from the one in {run_dir / 'recipe.yaml'}; "
-                "resume with the same recipe or choose another --out"
-            )
-    ckpt.mkdir(parents=True, exist_ok=True)
-    recipe.dump(run_dir / "recipe.yaml")
-    return ckpt
-
-
-def _start_or_resume(model: nn.Module, ckpt: Path, resume: bool) -> dict[str, Any]:
-    fresh = {"next_step": 0, "history": [], "timing": {"epochs": 0, "train_seconds": 0.0}}
-    if not (resume and (ckpt / "state.json").exists()):
-        save_tensors(ckpt / "init.safetensors", copy_state(model))
-        return fresh
-    state = read_json(ckpt / "state.json")
-    last = state.get("last_weights")
-    if not last:
-        raise CheckpointError(f"{ckpt / 'state.json'}: no finished step to resume from")
-    load_into(model, ckpt / last)
-    state["next_step"] = state["step"] + 1
-    return state
-
-
-def _checkpoint(model: nn.Module, ckpt: Path, step: int, history: list, timing: dict) -> None:
-    name = f"step_{step:03d}.safetensors"
-    save_tensors(ckpt / name, copy_state(model))
-    write_json(ckpt / "state.json", {"step": step, "last_weights": name, "history": history, "timing": timing})
-
-
 def _entry(model: nn.Module, data, step: int, target: float, res) -> dict[str, Any]:
     m = measure(model, data.x_test, data.y_test, num_classes=data.num_classes)
     m.pop("layers")
@@ -420,41 +322,3 @@ def _finish(model: nn.Module, recipe: Recipe, data, run_dir: Path, history: list
     write_json(run_dir / "results.json", results)
     write_report(run_dir)
     return results
-
-
-def environment() -> dict[str, Any]:
-    """The machine, for honest numbers."""
-    return {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-    }
-
-
-def clean(run_dir: str | Path) -> None:
-    """Remove a run directory (used by the demo to start afresh)."""
-    shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def load_run(target: str | Path, *, data_dir: str | None = None) -> tuple[Recipe, Any, nn.Module]:
-    """(recipe, data, model with its trained weights) of a run directory, or of a ``.safetensors``
-    beside its recipe.yaml; the architecture is rebuilt from the recipe."""
-    target = Path(target)
-    run_dir, weights = (target, target / "model.safetensors") if target.is_dir() else (target.parent, target)
-    if not (run_dir / "recipe.yaml").is_file():
-        raise RecipeError(
-            f"{target}: no recipe.yaml beside the model; the recipe is needed to rebuild the architecture"
-        )
-    recipe = Recipe.load(run_dir / "recipe.yaml")
-    device = setup(recipe)
-    data = load_data(recipe, data_dir, device)
-    return recipe, data, load_into(build(recipe, data, device), weights)
-
-
-def measure_saved(target: str | Path, *, data_dir: str | None = None) -> dict[str, Any]:
-    """Metrics of a saved model: a run directory, or a ``.safetensors`` beside its recipe.yaml."""
-    _, data, model = load_run(target, data_dir=data_dir)
-    return measure(model, data.x_test, data.y_test, num_classes=data.num_classes)

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from qaprune.errors import RecipeError
-from qaprune.prune.pruner import latent_weight
+from qaprune.param import latent_weight
 from qaprune.quant.unify import check_options, unify_project, weight_layers
 
 Weights = dict[str, Tensor]
@@ -140,7 +140,8 @@ class Prune(Scheme):
         self.structure_args, self.stats = dict(structure_args or {}), stats
 
     def project(self, weights: Weights) -> Weights:
-        from qaprune.prune.pruner import get_mask, prune_to
+        from qaprune.param import get_mask
+        from qaprune.prune.pruner import prune_to
 
         names = self._names(weights)
         root = _mask_holders({n: weights[n] for n in names})
@@ -168,7 +169,7 @@ class Prune(Scheme):
 def _mask_holders(weights: Weights) -> nn.Module:
     """A module tree with one masked weight per name (nested so that ``named_modules`` gives
     the same names), for ``prune_to``."""
-    from qaprune.prune.pruner import add_mask
+    from qaprune.param import add_mask
 
     root = nn.Module()
     for name, w in weights.items():
@@ -194,7 +195,8 @@ class Quantize(Scheme):
     """
 
     def __init__(self, bits: int, *, per_channel: bool = False, layers: Sequence[str] | None = None) -> None:
-        from qaprune.quant.fake_quant import FLOAT_BITS, FakeQuant
+        from qaprune.quant.bits import FLOAT_BITS
+        from qaprune.quant.fake_quant import FakeQuant
 
         super().__init__(layers=layers)
         self.bits, self.per_channel = bits, per_channel

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from qaprune.errors import NonFiniteError
 from qaprune.io import copy_state
-from qaprune.prune.pruner import get_mask, latent_weight, prunable_layers
+from qaprune.param import WEIGHT_LAYERS, get_mask, latent_weight, prunable_layers
 from qaprune.recipe import SPARSE_OPTIMIZERS, TrainSpec
 
 # on_epoch(epoch) is called before each epoch; it returns True when it changed the model
@@ -89,9 +89,7 @@ def unmasked_weights(model: nn.Module) -> list[str]:
     return [
         names[id(latent_weight(m))]
         for m in model.modules()
-        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
-        and get_mask(m) is None
-        and id(latent_weight(m)) in names
+        if isinstance(m, WEIGHT_LAYERS) and get_mask(m) is None and id(latent_weight(m)) in names
     ]
 
 
@@ -105,11 +103,7 @@ def _lr_scheduler(opt: torch.optim.Optimizer, spec: TrainSpec):
 
 def l1_penalty(model: nn.Module) -> Tensor:
     """Σ|w| over the latent weights of every Linear/Conv layer."""
-    terms = [
-        latent_weight(m).abs().sum()
-        for m in model.modules()
-        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
-    ]
+    terms = [latent_weight(m).abs().sum() for m in model.modules() if isinstance(m, WEIGHT_LAYERS)]
     return torch.stack(terms).sum() if terms else torch.zeros(())
 
 

@@ -18,16 +18,19 @@ from qaprune.autosearch.space import (
     suggest,
     trial_recipe,
 )
-from qaprune.autosearch.spec import SearchSpec
 from qaprune.errors import RecipeError
 from qaprune.recipe import Recipe
+from qaprune.recipe.search import SearchSpec
 
-MODULES = ["spec", "space", "objectives", "study", "front", "bound"]
+MODULES = [
+    "qaprune.recipe.search",
+    *(f"qaprune.autosearch.{m}" for m in ("space", "objectives", "study", "front", "bound")),
+]
 
 
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples(name):
-    module = importlib.import_module(f"qaprune.autosearch.{name}")
+    module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0 and result.attempted > 0
 
@@ -152,8 +155,8 @@ def test_the_documented_search_section_is_valid():
 
     import yaml
 
-    from qaprune.autosearch import spec as spec_module
     from qaprune.autosearch.space import model_layers
+    from qaprune.recipe import search as spec_module
 
     section = yaml.safe_load(textwrap.dedent(spec_module.__doc__.split("::")[1].split("\n\nExample")[0]))
     recipe = Recipe.parse({"data": {"name": "digits"}, **section})
@@ -173,3 +176,15 @@ def test_per_layer_entries_expand_to_one_parameter_per_layer():
     assert all(not p.per_layer for p in wide.values()) and wide["layers.fc1.weight_bits"].kind == "int"
     with pytest.raises(RecipeError, match="searched twice"):
         expand_space({**space, "layers.fc1.weight_bits": space["layers.fc2.act_bits"]}, ["fc1"])
+
+
+def test_the_shipped_search_recipe_is_valid_for_its_model():
+    from pathlib import Path
+
+    from qaprune.models import build_model
+    from qaprune.param import weight_layers
+
+    recipe = Recipe.load(Path(__file__).resolve().parents[2] / "recipes" / "letter_search.yaml")
+    model = build_model(recipe.model.name, input_shape=(16,), num_classes=26, **recipe.model.args)  # UCI Letter
+    check_space(recipe, list(weight_layers(model)))
+    assert recipe.search is not None and recipe.search.constraints[0].reference == "dense"

@@ -26,7 +26,7 @@ RECIPE = {
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A run directory as ``qaprune run`` leaves it (recipe.yaml, model.safetensors), trained briefly."""
-    from qaprune.runner import build, load_data
+    from qaprune.rundir import build, load_data
 
     out = tmp_path_factory.mktemp("runs") / "e"
     out.mkdir()

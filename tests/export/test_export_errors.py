@@ -148,7 +148,7 @@ def test_needs_inputs_and_output_for_a_model(tmp_path):
         export(model, format="onnx", out=tmp_path / "m.onnx")
     with pytest.raises(QapruneError, match="out="):
         export(model, format="onnx", x=x)
-    with pytest.raises(QapruneError, match="allowed: onnx, qdq, qonnx, qap"):
+    with pytest.raises(QapruneError, match="known: onnx, qap, qdq, qonnx"):
         export(model, format="tflite", out=tmp_path / "m", x=x)
 
 

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 import qaprune
 from qaprune.compress import attach
 from qaprune.errors import QapruneError
-from qaprune.export.api import FORMATS, export
+from qaprune.export.api import export
+from qaprune.export.formats import EXPORTERS
 from qaprune.export.lower import lower
 from qaprune.export.verify import ort_outputs, torch_outputs
 from qaprune.models import build_model
@@ -101,7 +102,7 @@ def trained(request):
     return (name, bits, *make_model(name, bits, per_channel=per_channel, learned=learned))
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", EXPORTERS.names())
 def test_round_trip(trained, fmt, tmp_path):
     name, bits, model, x = trained
     out = tmp_path / f"model.{fmt}"

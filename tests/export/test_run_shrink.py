@@ -7,6 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+import qaprune.rundir as rundir
 import qaprune.runner as runner
 from qaprune.cli import app
 from qaprune.export.run_shrink import shrink_run
@@ -39,7 +40,7 @@ def run_dir(tmp_path_factory):
 def test_channel_run_prunes_whole_groups_and_reloads(run_dir):
     state = load_tensors(run_dir / "model.safetensors")
     assert any(k.endswith("bias.0.keep") for k in state)  # biases and batch norms masked too
-    _, _, model = runner.load_run(run_dir)  # rebuilds the channel masks
+    _, _, model = rundir.load_run(run_dir)  # rebuilds the channel masks
     kept = int((model.fc2.weight.flatten(1) != 0).any(1).sum())
     assert kept % 8 == 0 and kept < 16 or kept == 16 and int((model.fc1.weight != 0).any(1).sum()) < 32
 

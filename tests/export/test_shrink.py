@@ -11,8 +11,8 @@ from qaprune.export import BlockDiagonalLinear, SparseLinear, shrink
 from qaprune.export.shrink import block_pattern
 from qaprune.metrics.bops import profile
 from qaprune.models import build_model
+from qaprune.param import add_mask, get_mask
 from qaprune.prune.groups import channel_groups, mask_channels
-from qaprune.prune.pruner import add_mask, get_mask
 from qaprune.recipe import Recipe
 
 CASES = [

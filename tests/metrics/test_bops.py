@@ -12,8 +12,8 @@ from torch import nn
 from qaprune.compress import attach
 from qaprune.metrics.bops import LayerProfile, dense_fp32_bops, layer_bops, profile, total_bops
 from qaprune.models import build_model
+from qaprune.param import get_mask
 from qaprune.prune import prune_to
-from qaprune.prune.pruner import get_mask
 from qaprune.quant.activations import QuantReLU
 from qaprune.recipe import Recipe
 

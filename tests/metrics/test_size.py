@@ -11,10 +11,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from qaprune.compress import attach, bake
+from qaprune.compress import attach
 from qaprune.errors import CheckpointError
 from qaprune.metrics.size import FORMAT, fp32_bytes, load_packed, pack, save_packed, size_bytes
 from qaprune.models import build_model
+from qaprune.param import bake
 from qaprune.prune import prune_to
 from qaprune.recipe import Recipe
 from qaprune.storage import qap_report

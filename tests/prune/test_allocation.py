@@ -10,15 +10,9 @@ import torch
 from torch import nn
 
 from qaprune.errors import RecipeError
-from qaprune.prune.pruner import (
-    ALLOCATIONS,
-    add_mask,
-    current_sparsity,
-    get_mask,
-    latent_weight,
-    prunable_layers,
-    prune_to,
-)
+from qaprune.param import add_mask, get_mask, latent_weight, prunable_layers
+from qaprune.prune.allocation import ALLOCATIONS
+from qaprune.prune.pruner import current_sparsity, prune_to
 
 
 def _scaled(a_scale: float = 100.0, b_scale: float = 0.01) -> nn.Sequential:
@@ -52,8 +46,8 @@ def _pruned_values(model: nn.Sequential) -> list[list[int]]:
 
 
 def test_allocations_listed() -> None:
-    assert ALLOCATIONS == ("global", "uniform", "lamp")
-    with pytest.raises(RecipeError, match=r"recipe\.prune\.allocation: 'owl'; allowed: global, uniform, lamp"):
+    assert ALLOCATIONS.names() == ["global", "lamp", "uniform"]
+    with pytest.raises(RecipeError, match=r"recipe\.prune\.allocation: 'owl'; allowed: global, lamp, uniform"):
         prune_to(_scaled(), 0.5, allocation="owl")
 
 
@@ -101,7 +95,7 @@ def test_lamp_masks_only_grow() -> None:
     assert prune_to(model, 0.25, allocation="lamp") == achieved  # lower target: no change
 
 
-@pytest.mark.parametrize("allocation", ALLOCATIONS)
+@pytest.mark.parametrize("allocation", ALLOCATIONS.names())
 def test_fixed_with_every_allocation(allocation: str) -> None:
     model = _scaled()
     achieved = prune_to(model, 0.5, allocation=allocation, fixed={"1": 0.25})

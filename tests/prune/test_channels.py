@@ -10,10 +10,10 @@ from qaprune.compress import attach
 from qaprune.errors import RecipeError
 from qaprune.export import shrink
 from qaprune.models import build_model
+from qaprune.param import get_mask
 from qaprune.prune import CRITERIA, prune_to
 from qaprune.prune.channels import group_scores, prune_channels
 from qaprune.prune.groups import channel_groups
-from qaprune.prune.pruner import get_mask
 from qaprune.prune.stats import MomentumTracker, collect_stats
 from qaprune.recipe import Recipe
 

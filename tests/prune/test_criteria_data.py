@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from qaprune.errors import RecipeError
+from qaprune.param import add_mask, get_mask, latent_weight
 from qaprune.prune.criteria import (
     CRITERIA,
     LayerStats,
@@ -22,7 +23,7 @@ from qaprune.prune.criteria import (
     haste_buckets,
     histogram_entropy,
 )
-from qaprune.prune.pruner import add_mask, get_mask, latent_weight, prune_to
+from qaprune.prune.pruner import prune_to
 from qaprune.prune.stats import COLLECTABLE, MomentumTracker, collect_stats, hutchinson_diagonal
 from qaprune.quant.fake_quant import FakeQuant
 from qaprune.recipe import TrainSpec

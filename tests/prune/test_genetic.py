@@ -10,9 +10,10 @@ import torch
 from qaprune.compress import attach
 from qaprune.data import load_dataset
 from qaprune.export import shrink
+from qaprune.methods import genetic_prune_and_distill
 from qaprune.models import build_model
-from qaprune.prune.genetic import fitness_value, free_groups, genetic_channels, genetic_prune_and_distill
-from qaprune.prune.pruner import get_mask
+from qaprune.param import get_mask
+from qaprune.prune.genetic import fitness_value, free_groups, genetic_channels
 from qaprune.recipe import Recipe, TrainSpec
 from qaprune.train import fit
 

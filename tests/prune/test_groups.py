@@ -8,8 +8,8 @@ from torch import nn
 
 from qaprune.compress import attach
 from qaprune.models import build_model
-from qaprune.prune.groups import ChannelMask, channel_groups, mask_channels, zero_channels
-from qaprune.prune.pruner import Mask, prunable_layers
+from qaprune.param import ChannelMask, Mask, prunable_layers
+from qaprune.prune.groups import channel_groups, mask_channels, zero_channels
 from qaprune.recipe import Recipe
 
 

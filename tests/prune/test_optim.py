@@ -14,8 +14,8 @@ from torch import Tensor, nn
 
 import qaprune.prune.optim as optim_mod
 from qaprune.errors import RecipeError
+from qaprune.param import add_mask, get_mask, latent_weight
 from qaprune.prune.optim import HSPG, OBProxSG, group_norms, group_soft_threshold, groups_to_masks
-from qaprune.prune.pruner import add_mask, get_mask, latent_weight
 
 N, D_IN, D_OUT = 512, 12, 8
 ZERO_ROWS = [1, 3, 4, 6]

@@ -9,8 +9,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from qaprune.errors import RecipeError
+from qaprune.param import Mask, add_mask, get_mask, latent_weight, prunable_layers
 from qaprune.prune import CRITERIA
-from qaprune.prune.pruner import Mask, add_mask, current_sparsity, get_mask, latent_weight, prunable_layers, prune_to
+from qaprune.prune.pruner import current_sparsity, prune_to
 from qaprune.quant.fake_quant import FakeQuant
 
 
@@ -41,12 +42,15 @@ def test_mask_forward_multiplies() -> None:
     assert "mask" in m.state_dict()
 
 
-def test_add_mask_must_come_first() -> None:
+def test_add_mask_goes_first_and_only_once() -> None:
     lin = nn.Linear(3, 2)
     parametrize.register_parametrization(lin, "weight", FakeQuant(4))
-    with pytest.raises(RecipeError, match="mask must be registered before quantizers"):
+    mask = add_mask(lin)  # placed before the quantizer: quant(mask · w)
+    assert [type(p) for p in lin.parametrizations.weight] == [Mask, FakeQuant] and get_mask(lin) is mask
+    mask.mask[0] = 0
+    assert bool((lin.weight[0] == 0).all())
+    with pytest.raises(RecipeError, match="already carries a Mask"):
         add_mask(lin)
-    assert get_mask(lin) is None
 
 
 def test_get_mask_and_latent_weight() -> None:
@@ -184,7 +188,7 @@ def test_current_sparsity_without_masks_is_zero() -> None:
 
 
 def test_unknown_allocation_names_allowed() -> None:
-    with pytest.raises(RecipeError, match=r"recipe\.prune\.allocation: 'layerwise'; allowed: global, uniform"):
+    with pytest.raises(RecipeError, match=r"recipe\.prune\.allocation: 'layerwise'; allowed: global, lamp, uniform"):
         prune_to(_two_layers(), 0.5, allocation="layerwise")
 
 

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from qaprune.errors import RecipeError
-from qaprune.prune.pruner import add_mask, get_mask, prune_to
+from qaprune.param import add_mask, get_mask
+from qaprune.prune.pruner import prune_to
 from qaprune.prune.structures import STRUCTURES, mpd_permutations
 
 INF = float("inf")
@@ -85,10 +86,11 @@ def test_channels_earlier_pruned_entries_count_as_zero() -> None:
     assert STRUCTURES.get("channels")(scores, 0.6)[:, 0].tolist() == [1.0, 0.0, 0.0]
 
 
-def test_channels_keeps_one_unless_everything_goes() -> None:
+def test_channels_keeps_at_least_one() -> None:
     channels = STRUCTURES.get("channels")
-    assert channels(_rand(4, 100), 0.9).sum() == 100  # round(0.4) = 0 channels -> one kept
-    assert channels(_rand(4, 2), 0.99).sum() == 0  # round(0.99·8) = 8: everything
+    assert channels(_rand(4, 100), 0.9).sum() == 100  # 4 - round(3.6) = 0 channels -> one kept
+    assert channels(_rand(4, 2), 0.99).sum() == 2  # a layer never loses every channel
+    assert channels(_rand(5, 1), 0.5).sum() == 3  # 5 - round(2.5) = 3, as unstructured counts
     with pytest.raises(ValueError, match="reduce='median'; allowed: sum, mean, max"):
         channels(_rand(4, 2), 0.5, reduce="median")
 

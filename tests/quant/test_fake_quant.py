@@ -12,17 +12,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from qaprune.errors import RecipeError
-from qaprune.prune.pruner import Mask
-from qaprune.quant.fake_quant import (
-    ACT_BITS,
-    SUPPORTED_BITS,
-    FakeQuant,
-    LearnedFakeQuant,
-    check_bits,
-    find,
-    weight_bits,
-    weight_quantizer,
-)
+from qaprune.param import Mask, find
+from qaprune.quant.bits import ACT_BITS, SUPPORTED_BITS, check_bits
+from qaprune.quant.fake_quant import FakeQuant, LearnedFakeQuant, weight_bits, weight_quantizer
 
 BITS = list(range(2, 17))  # the uniform grids; 1 bit (binary) has tests of its own below
 

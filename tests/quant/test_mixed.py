@@ -11,13 +11,15 @@ import pytest
 import torch
 from torch import nn
 
-from qaprune.compress import attach
+import qaprune.rundir as rundir
+from qaprune.compress import act_bits_plan, attach, weight_spec
 from qaprune.errors import RecipeError
 from qaprune.metrics.bops import layer_bops, profile
 from qaprune.models import build_model
+from qaprune.param import find
 from qaprune.quant.activations import QuantReLU
-from qaprune.quant.fake_quant import FakeQuant, LearnedFakeQuant, find
-from qaprune.quant.mixed import act_bits_plan, bit_widths, relu_producers, weight_spec
+from qaprune.quant.fake_quant import FakeQuant, LearnedFakeQuant
+from qaprune.quant.mixed import bit_widths, relu_producers
 from qaprune.recipe import LayerOverride, Recipe
 
 FCS = ("fc1", "fc2", "fc3", "fc4")
@@ -145,7 +147,7 @@ def test_bops_follow_per_layer_bits() -> None:
 def test_bake_learned_and_binary_weights_keeps_outputs() -> None:
     import copy
 
-    from qaprune.compress import bake
+    from qaprune.param import bake
 
     model = attach(_mlp(), _recipe(MIXED, weight_scale="learned", per_channel=True), sample=torch.randn(32, 16))
     x = torch.randn(16, 16)
@@ -264,6 +266,6 @@ def test_run_end_to_end_with_learned_mixed_bits_and_reload(tmp_path) -> None:
     res = runner.run(recipe, out=tmp_path / "r", log=lambda *_: None)
     bits = {e["name"]: (e["weight_bits"], e["act_bits"]) for e in res.results["layers"]}
     assert bits == {"fc1": (8, 8), "fc2": (4, 4), "fc3": (1, 6)}
-    again = runner.measure_saved(tmp_path / "r")
+    again = rundir.measure_saved(tmp_path / "r")
     assert again["accuracy"] == pytest.approx(res.metrics["accuracy"])
     assert again["bops"] == pytest.approx(res.metrics["bops"])

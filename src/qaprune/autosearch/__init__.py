@@ -11,7 +11,8 @@ Example (a recipe with a ``search:`` section; see ``SearchSpec``)::
     for row in result.pareto:
         print(row["number"], row["metrics"]["accuracy"], row["metrics"]["bops"])
 
-Only ``spec`` is imported eagerly (``qaprune.recipe`` needs it); Optuna and torch load on use.
+``SearchSpec`` (the recipe's ``search:`` section) lives in ``qaprune.recipe.search``; Optuna and
+torch load on use.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from qaprune.autosearch.spec import SearchSpec
+from qaprune.recipe.search import SearchSpec
 
 _LAZY = {
     "search": "qaprune.autosearch.api",

@@ -73,7 +73,7 @@ def search(
         >>> r = search(recipe, trials=4, out="/tmp/qap-search", log=None)  # doctest: +SKIP
         >>> [row["params"] for row in r.pareto]                            # doctest: +SKIP
     """
-    from qaprune.runner import resolve_recipe
+    from qaprune.rundir import resolve_recipe
 
     recipe = resolve_recipe(recipe, overrides)
     quiet, log = log is None, log or (lambda _: None)

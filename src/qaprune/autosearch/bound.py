@@ -21,8 +21,8 @@ from typing import Any
 
 from qaprune.autosearch.objectives import Context, StepReporter, accuracy_floor, feasible, run_trial
 from qaprune.autosearch.space import dense_recipe, trial_recipe
-from qaprune.autosearch.spec import SPARSITY
 from qaprune.autosearch.study import open_study
+from qaprune.recipe.search import SPARSITY
 
 DENSE_ATTR, BOUND_ATTR = "dense_metrics", "sparsity_bound"
 

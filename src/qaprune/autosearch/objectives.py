@@ -5,7 +5,7 @@ optuna-dashboard see them) and its run directory as ``run_dir``; a retried trial
 inherits ``run_dir`` and resumes that run from its last checkpoint.
 
 Example:
-    >>> from qaprune.autosearch.spec import SearchSpec
+    >>> from qaprune.recipe.search import SearchSpec
     >>> spec = SearchSpec(space={"prune.sparsity": {"low": 0.1, "high": 0.9}}, objectives=["accuracy"],
     ...                   constraints=[{"metric": "accuracy", "min": -0.01, "reference": "dense"}])
     >>> bounds = constraint_bounds(spec, dense={"accuracy": 0.95})
@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from qaprune.autosearch.space import expand_space, suggest, trial_recipe
-from qaprune.autosearch.spec import CURVE_METRIC, LATENCY, LatencySpec, SearchSpec, finite
 from qaprune.errors import QapruneError
 from qaprune.recipe import Recipe
+from qaprune.recipe.search import CURVE_METRIC, LATENCY, LatencySpec, SearchSpec, finite
 
 INFEASIBLE = 1.0e6  # the violation of a trial without metrics (pruned): never feasible
 STEP_LINE = re.compile(r"^step (\d+):.*?\baccuracy ([-+0-9.eE]+|nan)")
@@ -164,7 +164,7 @@ def measure_run_latency(run_dir: str | Path, spec: LatencySpec, *, data_dir: str
     from qaprune.export import shrink
     from qaprune.export.fold import fold_batchnorm
     from qaprune.metrics.latency import measure_latency
-    from qaprune.runner import load_run
+    from qaprune.rundir import load_run
 
     _, data, model = load_run(run_dir, data_dir=data_dir)
     model = model.cpu().eval()

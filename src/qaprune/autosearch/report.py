@@ -18,9 +18,9 @@ from typing import Any
 from qaprune.autosearch.front import best_so_far, hypervolume_curve, losses, non_dominated
 from qaprune.autosearch.objectives import feasible
 from qaprune.autosearch.space import decode_params, trial_recipe
-from qaprune.autosearch.spec import LATENCY, SearchSpec
 from qaprune.io import write_json
 from qaprune.recipe import Recipe
+from qaprune.recipe.search import LATENCY, SearchSpec
 
 FRONT_AXES = {"bops": "BOPs", "size_bytes": "artifact bytes", LATENCY: "latency (ms)"}
 TABLE_METRICS = ["accuracy", "auc", "bops", "bops_reduction", "size_bytes", LATENCY, "sparsity"]

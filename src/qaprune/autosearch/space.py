@@ -19,9 +19,9 @@ import hashlib
 import json
 from typing import Any
 
-from qaprune.autosearch.spec import SPARSITY, ParamSpec, SearchSpec
 from qaprune.errors import RecipeError
 from qaprune.recipe import SPARSE_OPTIMIZERS, Recipe, apply_overrides
+from qaprune.recipe.search import SPARSITY, ParamSpec, SearchSpec
 
 
 def spec_of(recipe: Recipe) -> SearchSpec:
@@ -112,9 +112,9 @@ def model_layers(recipe: Recipe, data_dir: str | None = None) -> list[str]:
     """Names of the Linear/Conv layers of the recipe's model (built for its data, on the CPU)."""
     import torch
 
-    from qaprune.compress import WEIGHT_LAYERS
     from qaprune.models import build_model
-    from qaprune.runner import load_data
+    from qaprune.param import WEIGHT_LAYERS
+    from qaprune.rundir import load_data
 
     data = load_data(recipe, data_dir, torch.device("cpu"))
     model = build_model(

@@ -6,7 +6,7 @@ queue them again. A study remembers the SHA-256 of its recipe and refuses any ot
 a resumed search is the same search. Studies are plain Optuna studies (optuna-dashboard works).
 
 Example:
-    >>> from qaprune.autosearch.spec import SearchSpec
+    >>> from qaprune.recipe.search import SearchSpec
     >>> spec = SearchSpec(space={"quant.weight_bits": {"choices": [4, 8]}}, sampler="nsga2")
     >>> type(make_sampler(spec, seed=0, constraints=None)).__name__
     'NSGAIISampler'
@@ -23,8 +23,8 @@ from typing import Any
 
 from qaprune.autosearch.objectives import SearchError
 from qaprune.autosearch.space import recipe_hash, spec_of
-from qaprune.autosearch.spec import SearchSpec
 from qaprune.recipe import Recipe
+from qaprune.recipe.search import SearchSpec
 
 HASH_ATTR, RECIPE_ATTR = "qaprune_recipe_sha256", "qaprune_recipe"
 DEFAULT_HEARTBEAT = 20  # seconds between heartbeats of a running trial

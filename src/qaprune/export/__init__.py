@@ -19,6 +19,7 @@ __all__ = [
     "export",
     "ExportResult",
     "FORMATS",
+    "EXPORTERS",
     "VerificationError",
 ]
 
@@ -26,6 +27,7 @@ _LAZY = {
     "export": "qaprune.export.api",
     "ExportResult": "qaprune.export.api",
     "FORMATS": "qaprune.export.api",
+    "EXPORTERS": "qaprune.export.formats",
     "VerificationError": "qaprune.export.verify",
 }
 

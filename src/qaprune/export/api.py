@@ -1,4 +1,5 @@
-"""``export``: write a run's model as onnx, qdq, qonnx or qap, and verify the file before keeping it.
+"""``export``: write a run's model in a registered format (``export.formats``: onnx, qdq, qonnx, qap)
+and verify the file before keeping it.
 
 Every export runs the written file on held-out inputs with the runtime that will read it and
 compares it with the fake-quantized PyTorch model (see ``export.verify``). The file is written
@@ -19,16 +20,10 @@ import torch
 from torch import Tensor, nn
 
 from qaprune.errors import QapruneError
-from qaprune.export.lower import Unsupported
+from qaprune.export.formats import EXPORTERS
 from qaprune.export.verify import Verification, VerificationError
 
-FORMATS = ("onnx", "qdq", "qonnx", "qap")
-SUFFIXES = {"onnx": ".onnx", "qdq": ".qdq.onnx", "qonnx": ".qonnx.onnx", "qap": ".qap"}
-_INSTEAD = {
-    "qdq": "--format qonnx (any bit width) or --format onnx (float)",
-    "qonnx": "--format onnx (float, any operation torch.onnx.export handles) or --format qap",
-    "onnx": "--format qap",
-}
+FORMATS = tuple(EXPORTERS.names())  # the built-in formats; EXPORTERS holds any registered later
 
 
 @dataclass
@@ -94,19 +89,20 @@ def export(
         (True, True)
         >>> tmp.cleanup()
     """
-    if format not in FORMATS:
-        raise QapruneError(f"export: format {format!r} is unknown; allowed: {', '.join(FORMATS)}")
+    if format not in EXPORTERS:
+        raise QapruneError(f"export: format {format!r} is unknown; known: {', '.join(EXPORTERS.names())}")
+    exporter = EXPORTERS.get(format)
     if hls4ml and format != "qonnx":
         raise QapruneError(f"export: the hls4ml comparison reads QONNX; use format 'qonnx', not {format!r}")
     model, x, default_out, skeleton = _source(target, x, data_dir, samples)
     if out is None and default_out is None:
         raise QapruneError("export: out= is needed when exporting a model (not a run directory)")
-    path = Path(out) if out is not None else default_out.with_name(default_out.name + SUFFIXES[format])
+    path = Path(out) if out is not None else default_out.with_name(default_out.name + exporter.suffix)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        info = _write(format, model, x, tmp, shrink=shrink, int4=int4)
-        check = _verify(format, model, x, tmp, skeleton, info.pop("act_keep", None))
+        info = exporter.write(model, x, tmp, shrink=shrink, int4=int4)
+        check = exporter.verify(model, x, tmp, skeleton=skeleton, keep=info.pop("act_keep", None))
         if not check.passed:
             raise VerificationError(
                 f"{format}: the exported file does not compute what the PyTorch model "
@@ -137,7 +133,7 @@ def _source(
             raise QapruneError("export: x= (held-out inputs for the verification) is needed with a model")
         model = copy.deepcopy(target).cpu().eval()
         return model, x.cpu()[:samples], None, lambda: _poisoned(model)
-    from qaprune.runner import build, load_run
+    from qaprune.rundir import build, load_run
 
     run_dir = Path(target)
     recipe, data, model = load_run(run_dir, data_dir=data_dir)
@@ -153,85 +149,3 @@ def _poisoned(model: nn.Module) -> nn.Module:
             if t.is_floating_point():
                 t.fill_(float("nan"))
     return skeleton
-
-
-def _write(fmt: str, model: nn.Module, x: Tensor, tmp: Path, *, shrink: bool, int4: bool) -> dict[str, Any]:
-    if fmt == "qap":
-        from qaprune.storage import save_qap
-
-        save_qap(model, tmp, meta={"format": "qap", "exported_by": "qaprune.export"})
-        return {"how": "qaprune.storage.save_qap"}
-    import onnx
-
-    from qaprune.export.lower import lower
-
-    try:
-        low = lower(model, x, shrink=shrink)
-        info: dict[str, Any] = {"removed": low.removed, "not_shrunk": low.not_shrunk, "act_keep": low.act_keep}
-        if fmt == "onnx":
-            return {**info, **_float(low, tmp)}
-        if fmt == "qdq":
-            from qaprune.export.qdq import qdq_onnx
-
-            proto, layers = qdq_onnx(low, int4=int4)
-        else:
-            from qaprune.export.qonnx_export import qonnx_model
-
-            proto, layers = qonnx_model(low)
-    except Unsupported as exc:
-        raise QapruneError(f"export --format {fmt}: {exc}; export it with {_INSTEAD[fmt]}") from None
-    onnx.save(proto, str(tmp))
-    how = f"qaprune lowering, opset {proto.opset_import[0].version}"
-    return {**info, "how": how, "layers": layers}
-
-
-def _float(low, tmp: Path) -> dict[str, Any]:
-    import onnx
-
-    from qaprune.export.onnx_export import float_onnx, torch_onnx
-
-    try:
-        proto, layers = float_onnx(low)
-        onnx.save(proto, str(tmp))
-        return {"how": "qaprune lowering, opset 17", "layers": layers}
-    except Unsupported as exc:  # anything torch.onnx can export
-        return {"how": f"torch.onnx.export: {torch_onnx(low, str(tmp))} (qaprune lowering: {exc})", "act_keep": None}
-
-
-def _verify(
-    fmt: str, model: nn.Module, x: Tensor, tmp: Path, skeleton: Callable[[], nn.Module], keep: dict[str, Tensor] | None
-) -> Verification:
-    from qaprune.export import verify as v
-
-    reference = v.torch_outputs(model, x)
-    quantized = v.has_act_quantizers(model)
-    if fmt == "qap":
-        from qaprune.storage import load_qap_into
-
-        loaded = load_qap_into(skeleton().cpu(), tmp)
-        return v.compare(
-            reference, v.torch_outputs(loaded, x), fmt=fmt, runtime="qaprune load_qap_into (PyTorch)", criterion="float"
-        )  # the same kernels on the same values: no tie can differ
-    if fmt == "qonnx":
-        from importlib.metadata import version
-
-        runtime, values = f"qonnx {version('qonnx')} execute_onnx", v.qonnx_values
-    else:
-        import onnxruntime as ort
-
-        runtime, values = f"onnxruntime {ort.__version__}", v.ort_values
-    taps = v.taps_of(tmp) if quantized and fmt != "qdq" and keep is not None else {}
-    forced = v.forced_check(model, x, values(tmp, list(taps.values())), taps, keep) if taps else None
-    exported = v.ort_outputs(tmp, x) if fmt != "qonnx" else values(tmp, [])(x)[0]
-    check = v.compare(
-        reference,
-        exported,
-        fmt=fmt,
-        runtime=runtime,
-        criterion="int8" if fmt == "qdq" else "float",
-        quantized_acts=quantized,
-        forced=forced,
-    )
-    if fmt != "qonnx":
-        check.kernels = v.ort_kernels(tmp)
-    return check

@@ -78,12 +78,12 @@ def _variants(target: Path, tmp: Path, data_dir: str | None, notes: list[str]) -
         raise QapruneError(f"bench-latency: {target}: not a run directory or an .onnx file")
     import onnx
 
-    from qaprune.compress import bake
     from qaprune.export.fold import fold_batchnorm
     from qaprune.export.lower import Unsupported, lower
     from qaprune.export.onnx_export import float_onnx, torch_onnx
     from qaprune.export.qdq import qdq_onnx
-    from qaprune.runner import load_run
+    from qaprune.param import bake
+    from qaprune.rundir import load_run
 
     _, data, model = load_run(target, data_dir=data_dir)
     model, x, shape = model.cpu().eval(), data.x_test[:256].cpu(), tuple(data.input_shape)

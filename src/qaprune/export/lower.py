@@ -20,7 +20,6 @@ from qaprune.errors import QapruneError
 from qaprune.export.shrink import unrounded
 from qaprune.quant.activations import QuantInput, QuantReLU
 
-WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 ACT_QUANTS = (QuantReLU, QuantInput)
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 ALIASES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d)
@@ -105,8 +104,8 @@ def lower(model: nn.Module, x: Tensor, *, shrink: bool = True) -> Lowered:
         >>> [n.target for n in low.graph.graph.nodes if n.op == "call_module"][:3]
         ['input_quant', 'flatten', 'fc1']
     """
-    from qaprune.compress import bake
     from qaprune.export.shrink import shrink as shrink_model
+    from qaprune.param import bake
 
     model = copy.deepcopy(model).cpu().eval()
     x = x.cpu()[:64]

@@ -32,7 +32,6 @@ from qaprune.export.lower import (
     ACT_QUANTS,
     ALIASES,
     BATCHNORMS,
-    WEIGHT_LAYERS,
     ActGrid,
     Lowered,
     Unsupported,
@@ -40,6 +39,7 @@ from qaprune.export.lower import (
     act_grid,
     fused,
 )
+from qaprune.param import WEIGHT_LAYERS
 from qaprune.quant.activations import QuantReLU
 
 TAPS_KEY = "qaprune.activation_quantizers"  # model property: JSON, quantizer module → its output value

@@ -38,9 +38,9 @@ def shrink_run(
 ) -> dict[str, Any]:
     """Shrink the model of run directory ``target``; returns (and writes to shrink.json) the summary.
     Raises ``QapruneError`` when the shrunk model does not compute what the masked one does."""
-    from qaprune.compress import bake
     from qaprune.metrics.latency import export_onnx
-    from qaprune.runner import load_run
+    from qaprune.param import bake
+    from qaprune.rundir import load_run
 
     run_dir = Path(target)
     _, data, model = load_run(run_dir, data_dir=data_dir)

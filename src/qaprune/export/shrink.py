@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qaprune.prune.groups import WEIGHT_LAYERS, ChannelGroup, dependency_groups, member_zero, to_group, zero_channels
+from qaprune.param import WEIGHT_LAYERS
+from qaprune.prune.groups import ChannelGroup, dependency_groups, member_zero, to_group, zero_channels
 
 SPARSE_MODES = ("auto", "always", "never")
 
@@ -68,7 +69,7 @@ def shrink(
     """
     if sparse not in SPARSE_MODES:
         raise ValueError(f"shrink: sparse={sparse!r}; allowed: {', '.join(SPARSE_MODES)}")
-    from qaprune.compress import bake
+    from qaprune.param import bake
 
     net = bake(copy.deepcopy(model)).eval()
     with torch.no_grad(), unrounded(net):

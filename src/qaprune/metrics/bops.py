@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-FLOAT_BITS = 32
+from qaprune.param import WEIGHT_LAYERS
+from qaprune.quant.bits import FLOAT_BITS
 
 
 def layer_bops(m: int, n: int, *, sparsity: float, act_bits: int, weight_bits: int, positions: int = 1) -> float:
@@ -114,7 +115,7 @@ def profile(model: nn.Module, sample: torch.Tensor) -> list[LayerProfile]:
     for name, mod in model.named_modules():
         if _act_bits(mod) is not None:
             hooks.append(mod.register_forward_hook(on_quant))
-        elif isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        elif isinstance(mod, WEIGHT_LAYERS):
             hooks.append(mod.register_forward_hook(on_layer(name)))
     was_training = model.training
     model.eval()

@@ -12,9 +12,8 @@ import json
 from pathlib import Path
 
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
-from qaprune.storage.qap import FORMAT, load_qap, qap_bytes, save_qap
+from qaprune.storage.qap import FORMAT, fp32_bytes, load_qap, qap_bytes, save_qap
 
 __all__ = ["FORMAT", "pack", "packed_bytes", "size_bytes", "save_packed", "load_packed", "fp32_bytes"]
 
@@ -27,28 +26,6 @@ def pack(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, str]]:
     data = packed_bytes(model)
     header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
     return load(data), header["__metadata__"]
-
-
-def _plain_state(model: nn.Module) -> dict[str, Tensor]:
-    """The state dict with parametrized tensors under their plain names (masks dropped)."""
-    out = {}
-    for key, value in model.state_dict().items():
-        if ".parametrizations." in key:
-            continue
-        out[key] = value
-    for name, mod in model.named_modules():
-        for tname in getattr(mod, "parametrizations", {}) or {}:
-            if tname != "weight":
-                out[f"{name}.{tname}" if name else tname] = getattr(mod, tname)
-    return out
-
-
-def fp32_bytes(model: nn.Module) -> int:
-    """Bytes of the same model's float32 tensors, unpruned (the raw payload, no header)."""
-    state = _plain_state(model)
-    floats = sum(v.numel() for k, v in state.items() if v.is_floating_point() and not k.endswith("num_batches_tracked"))
-    weights = sum(m.weight.numel() for m in model.modules() if parametrize.is_parametrized(m, "weight"))
-    return 4 * (floats + weights)
 
 
 def packed_bytes(model: nn.Module) -> bytes:

@@ -1,7 +1,8 @@
 """Pruning: criteria score, structures turn scores into masks, schedules say how much when."""
 
+from qaprune.param import Mask, prunable_layers
 from qaprune.prune.criteria import CRITERIA, LayerStats
-from qaprune.prune.pruner import Mask, current_sparsity, prunable_layers, prune_to
+from qaprune.prune.pruner import current_sparsity, prune_to
 from qaprune.prune.schedules import SCHEDULES
 from qaprune.prune.structures import STRUCTURES
 

@@ -18,25 +18,27 @@ outputs).
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
-from qaprune.prune.criteria import CRITERIA, LayerStats, lamp
+from qaprune.errors import RecipeError
+from qaprune.param import get_mask, latent_weight, prunable_layers
+from qaprune.prune.allocation import allocate
+from qaprune.prune.criteria import CRITERIA, LayerStats
 from qaprune.prune.groups import ChannelGroup, channel_groups, mask_channels, zero_channels
-from qaprune.prune.pruner import ALLOCATIONS, get_mask, latent_weight, prunable_layers
+from qaprune.prune.structures import structure_mask
 
 REDUCTIONS = ("sum", "mean", "max")
 _NEG_INF = float("-inf")
 
 
 @torch.no_grad()
-def prune_channels(
+def prune_groups(
     model: nn.Module,
     sparsity: float,
     *,
     example_input: Tensor,
+    structure: str = "channels",
     criterion: str = "magnitude",
     allocation: str = "uniform",
     fixed: dict[str, float] | None = None,
@@ -45,42 +47,47 @@ def prune_channels(
     structure_args: dict | None = None,
     layer_args: dict[str, dict] | None = None,
 ) -> dict[str, float]:
-    """Prune whole channel groups of ``model`` to ``sparsity`` (a fraction of each free group's
-    channels under "uniform"; of all free channels under "global"/"lamp"). ``fixed``: layer name ->
-    the sparsity of the groups it produces. ``structure_args`` (per layer: ``layer_args[root]``):
-    ``reduce`` (sum|mean|max over a member's slice), ``round_to`` (kept channels a multiple of
-    it: widths that vector units like), ``coupled`` (score consumers' columns too, default True).
-    example_input (N, ...): one batch the model accepts. Returns every prunable layer's sparsity.
+    """Prune whole channel groups of ``model`` to ``sparsity``: each free group's channels are
+    scored (``group_scores``), the allocation (``prune.allocation``) gives each group its
+    fraction ("uniform": the same for every group; "global"/"lamp": one threshold over all free
+    channels), and the structure (``channels``) picks the channels to keep from the group's
+    scores. ``fixed``: layer name -> the sparsity of the groups it produces. ``structure_args``
+    (per layer: ``layer_args[root]``): ``reduce`` (sum|mean|max over a member's slice),
+    ``round_to`` (kept channels a multiple of it: widths that vector units like), ``coupled``
+    (score consumers' columns too, default True). example_input (N, ...): one batch the model
+    accepts. Returns every prunable layer's sparsity.
 
     Example:
         >>> from qaprune.compress import attach
         >>> from qaprune.models import build_model
         >>> from qaprune.recipe import Recipe
         >>> m = attach(build_model("mlp", input_shape=(16,), num_classes=5), Recipe(prune={"sparsity": 0.5}))
-        >>> r = prune_channels(m, 0.5, example_input=torch.zeros(2, 16))
+        >>> r = prune_groups(m, 0.5, example_input=torch.zeros(2, 16))
         >>> r["fc1"], r["fc2"], r["fc4"]  # fc2 loses half its rows and half its columns
         (0.5, 0.75, 0.5)
     """
-    if allocation not in ALLOCATIONS:
-        from qaprune.errors import RecipeError
-
-        raise RecipeError(f"recipe.prune.allocation: {allocation!r}; allowed: {', '.join(ALLOCATIONS)}")
     layers, fixed, layer_args = prunable_layers(model), fixed or {}, layer_args or {}
     groups = [g for g in channel_groups(model, example_input) if _free(g, layers)]
     args = {g.root: _args({**(structure_args or {}), **layer_args.get(g.root, {})}, g.root) for g in groups}
     scores = {g.root: group_scores(model, g, criterion, stats or {}, generator, **args[g.root]) for g in groups}
     fixed_groups = {g.root: _fixed(g, fixed) for g in groups if _fixed(g, fixed) is not None}
-    free = {r: s for r, s in scores.items() if r not in fixed_groups}
-    counts = {r: _keep_count(scores[r], sp) for r, sp in fixed_groups.items()}
-    counts.update(_allocate(free, sparsity, allocation))
+    fractions = allocate(scores, sparsity, allocation=allocation, fixed=fixed_groups)
     for g in groups:
-        keep = _top(scores[g.root], _round(counts[g.root], args[g.root]["round_to"], scores[g.root]))
+        picked = structure_mask(
+            structure, g.root, scores[g.root][:, None], fractions[g.root], {"round_to": args[g.root]["round_to"]}
+        )
+        keep = picked[:, 0] > 0
         mask_channels(model, g, keep)
-        _mask_columns(model, g, keep)
+        mask_columns(model, g, keep)
     return {n: float((get_mask(m).mask == 0).sum()) / get_mask(m).mask.numel() for n, m in layers.items()}
 
 
-def _mask_columns(model: nn.Module, group: ChannelGroup, keep: Tensor) -> None:
+def prune_channels(model: nn.Module, sparsity: float, **options) -> dict[str, float]:
+    """``prune_groups`` with the ``channels`` structure (same options)."""
+    return prune_groups(model, sparsity, structure="channels", **options)
+
+
+def mask_columns(model: nn.Module, group: ChannelGroup, keep: Tensor) -> None:
     """Zero the consumers' input columns of dropped channels where the consumer has a ``Mask``
     (they read exact zeros already; the mask makes parameter counts and BOPs say so)."""
     for c in (c for c in group.members if c.role == "in" and c.kind in ("linear", "conv")):
@@ -97,8 +104,6 @@ def _free(group: ChannelGroup, layers: dict[str, nn.Module]) -> bool:
 
 
 def _args(args: dict, root: str) -> dict:
-    from qaprune.errors import RecipeError
-
     unknown = set(args) - {"reduce", "round_to", "coupled"}
     if unknown:
         raise RecipeError(
@@ -173,44 +178,13 @@ def _normalized(v: Tensor) -> Tensor:
     return v / v.abs().mean().clamp_min(1e-30)
 
 
-def _keep_count(scores: Tensor, sparsity: float) -> int:
+def keep_count(scores: Tensor, sparsity: float) -> int:
+    """Channels kept of ``scores`` (n,) at ``sparsity``: n − round(sparsity · n)."""
     return scores.numel() - int(round(sparsity * scores.numel()))
 
 
-def _allocate(scores: dict[str, Tensor], sparsity: float, allocation: str) -> dict[str, int]:
-    """Kept channels per group: the same fraction ("uniform") or a threshold over all groups'
-    (LAMP-normalized for "lamp") scores."""
-    if allocation == "uniform" or not scores:
-        return {r: _keep_count(s, sparsity) for r, s in scores.items()}
-    if allocation == "lamp":
-        scores = {r: _lamp(s) for r, s in scores.items()}
-    flat = torch.cat(list(scores.values()))
-    n_keep = flat.numel() - int(round(sparsity * flat.numel()))
-    kept = torch.zeros(flat.numel(), dtype=torch.bool)
-    if n_keep > 0:
-        kept[torch.topk(flat, n_keep, sorted=False).indices] = True
-    out, start = {}, 0
-    for r, s in scores.items():
-        out[r] = int(kept[start : start + s.numel()].sum())
-        start += s.numel()
-    return out
-
-
-def _lamp(s: Tensor) -> Tensor:
-    pruned = s == _NEG_INF
-    return lamp(s.masked_fill(pruned, 0.0), LayerStats()).masked_fill(pruned, _NEG_INF)
-
-
-def _round(count: int, round_to: int, scores: Tensor) -> int:
-    """At least one channel; a multiple of ``round_to`` (nearest, at least ``round_to``) unless
-    that exceeds the channels still alive."""
-    alive = int((scores != _NEG_INF).sum())
-    if round_to > 1:
-        count = max(round_to, round_to * int(math.floor(count / round_to + 0.5)))
-    return max(1, min(count, alive, scores.numel()))
-
-
-def _top(scores: Tensor, keep: int) -> Tensor:
+def top_channels(scores: Tensor, keep: int) -> Tensor:
+    """bool (n,): True at the ``keep`` highest of ``scores`` (n,)."""
     out = torch.zeros(scores.numel(), dtype=torch.bool)
     out[torch.topk(scores, keep, sorted=False).indices] = True
     return out

@@ -14,7 +14,7 @@ follows the weights it is a close approximation. Fitness is −CE (``"ce"``), ac
 the pruned net's distillation error against the dense one, as in Hu et al.).
 
 The best individual is applied with ``mask_channels`` (so ``shrink`` removes it exactly); then
-fine-tune with the dense model as teacher, either through ``genetic_prune_and_distill`` or
+fine-tune with the dense model as teacher, either through ``qaprune.methods.genetic_prune_and_distill`` or
 ``fit(model, ..., spec=TrainSpec(..., distill={"weight": 0.5}), teacher=dense)``.
 """
 
@@ -22,19 +22,14 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qaprune.prune.channels import _keep_count, _mask_columns, _top, group_scores
+from qaprune.param import prunable_layers
+from qaprune.prune.channels import group_scores, keep_count, mask_columns, top_channels
 from qaprune.prune.groups import ChannelGroup, channel_groups, mask_channels
-from qaprune.prune.pruner import prunable_layers
-
-if TYPE_CHECKING:
-    from qaprune.recipe import TrainSpec
-    from qaprune.train import FitResult
 
 FITNESSES = ("ce", "accuracy", "kd")
 Individual = list[Tensor]  # one bool keep-vector (group.size,) per free group, in group order
@@ -94,7 +89,7 @@ def genetic_channels(
     gen = torch.Generator().manual_seed(seed)
     xs, ys = _samples(x, y, fitness_samples, gen)
     target = _teacher_logits(teacher, xs) if fitness == "kd" else None
-    counts = [_keep_count(torch.empty(g.size), sparsity) or 1 for g in groups]
+    counts = [keep_count(torch.empty(g.size), sparsity) or 1 for g in groups]
     score = _Scorer(model, groups, xs, ys, target, fitness, temperature)
     try:
         start = _magnitude(model, groups, counts)
@@ -138,7 +133,7 @@ def apply_keeps(model: nn.Module, groups: list[ChannelGroup], keeps: Individual)
     ``mask_channels``; consumers' columns where they carry a ``Mask``, as ``prune_channels``)."""
     for g, keep in zip(groups, keeps):
         mask_channels(model, g, keep)
-        _mask_columns(model, g, keep)
+        mask_columns(model, g, keep)
 
 
 def _check(
@@ -184,7 +179,7 @@ def _teacher_logits(teacher: nn.Module, x: Tensor) -> Tensor:
 
 def _magnitude(model: nn.Module, groups: list[ChannelGroup], counts: list[int]) -> Individual:
     """The group-magnitude solution (``prune_channels``' choice under "uniform")."""
-    return [_top(group_scores(model, g, "magnitude", {}), k) for g, k in zip(groups, counts)]
+    return [top_channels(group_scores(model, g, "magnitude", {}), k) for g, k in zip(groups, counts)]
 
 
 def _initial(start: Individual, counts: list[int], gen: torch.Generator, *, perturb: bool) -> Individual:
@@ -328,55 +323,3 @@ def fitness_value(
             F.log_softmax(logits / t, 1), F.log_softmax(target / t, 1), reduction="batchmean", log_target=True
         )
     return -float(loss)
-
-
-def genetic_prune_and_distill(
-    model: nn.Module,
-    x_train: Tensor,
-    y_train: Tensor,
-    x_val: Tensor,
-    y_val: Tensor,
-    *,
-    sparsity: float,
-    example_input: Tensor,
-    spec: TrainSpec,
-    teacher: nn.Module | None = None,
-    seed: int = 0,
-    **genetic_args,
-) -> tuple[GeneticResult, FitResult]:
-    """Hu et al.'s flow: genetic selection (``genetic_channels``, KD fitness), then ``fit`` with
-    distillation from ``teacher`` (default: a frozen copy of ``model`` before pruning).
-    ``spec``: a ``TrainSpec``; without ``distill`` the ``DistillSpec`` defaults are used. The
-    default teacher is baked (plain weights): a deep copy of a parametrized model shares its
-    generated classes, which masking the student's biases would change under the copy.
-    Returns (GeneticResult, FitResult).
-
-    Example:
-        >>> from qaprune.models import build_model
-        >>> from qaprune.recipe import TrainSpec
-        >>> m = build_model("mlp", input_shape=(16,), num_classes=5).eval()
-        >>> x, y = torch.randn(64, 16), torch.randint(0, 5, (64,))
-        >>> g, f = genetic_prune_and_distill(m, x, y, x, y, sparsity=0.5, example_input=x[:2],
-        ...                                  spec=TrainSpec(epochs=1), generations=1)
-        >>> g.fitness, f.epochs
-        ('kd', 1)
-    """
-    from qaprune.compress import bake
-    from qaprune.recipe import DistillSpec
-    from qaprune.train import fit
-
-    if teacher is None:
-        teacher = bake(copy.deepcopy(model)).eval()
-    result = genetic_channels(
-        model,
-        x_train,
-        y_train,
-        sparsity=sparsity,
-        example_input=example_input,
-        seed=seed,
-        teacher=teacher,
-        **genetic_args,
-    )
-    if spec.distill is None:
-        spec = spec.model_copy(update={"distill": DistillSpec()})
-    return result, fit(model, x_train, y_train, x_val, y_val, spec=spec, seed=seed, teacher=teacher)

@@ -15,11 +15,9 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
-from qaprune.prune.pruner import Mask, add_mask, get_mask
+from qaprune.param import WEIGHT_LAYERS, ChannelMask, Mask, add_mask, bake, find, get_mask, place
 
-WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
@@ -60,25 +58,6 @@ class ChannelGroup:
         return [c.name for c in self.members if c.role == "in"]
 
 
-class ChannelMask(nn.Module):
-    """Per-channel zeroing parametrization for biases and batch-norm affine parameters.
-    Not a ``Mask``, so these tensors never count as prunable layers. v (C, ...) -> v · keep.
-
-    Example:
-        >>> bn = nn.BatchNorm1d(3); cm = ChannelMask(3); cm.keep[1] = 0
-        >>> _ = parametrize.register_parametrization(bn, "weight", cm)
-        >>> (bn.weight == 0).tolist()
-        [False, True, False]
-    """
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.register_buffer("keep", torch.ones(channels))
-
-    def forward(self, v: Tensor) -> Tensor:
-        return v * self.keep.reshape(-1, *([1] * (v.dim() - 1)))
-
-
 def channel_groups(model: nn.Module, example_input: Tensor) -> list[ChannelGroup]:
     """The channel groups of ``model`` (plain or parametrized: a baked copy is traced).
     example_input (N, ...): one batch the model accepts.
@@ -89,7 +68,6 @@ def channel_groups(model: nn.Module, example_input: Tensor) -> list[ChannelGroup
         >>> [(g.root, g.size, g.prunable) for g in channel_groups(m, torch.zeros(2, 16))][:2]
         [('fc4', 5, False), ('fc3', 32, True)]
     """
-    from qaprune.compress import bake
 
     plain = bake(copy.deepcopy(model))
     return [g for g, _ in dependency_groups(plain, example_input)[1]]
@@ -233,28 +211,17 @@ def _zero_member(mod: nn.Module, kind: str, rows: Tensor) -> None:
 
 
 def _weight_mask(mod: nn.Module) -> Mask:
-    """The layer's ``Mask``; one is added first in line when there is none."""
+    """The layer's ``Mask``; one is placed first in line when there is none."""
     mask = get_mask(mod)
-    if mask is not None:
-        return mask
-    if not parametrize.is_parametrized(mod, "weight"):
-        return add_mask(mod)
-    mask = Mask(mod.weight.shape).to(mod.weight.device)
-    mod.parametrizations["weight"].insert(0, mask)  # before the quantizers: quant(mask · w)
-    return mask
+    return mask if mask is not None else add_mask(mod)
 
 
 def _channel_mask(mod: nn.Module, name: str) -> ChannelMask:
-    if parametrize.is_parametrized(mod, name):
-        chain = mod.parametrizations[name]
-        if isinstance(chain[0], ChannelMask):
-            return chain[0]
-        cm = ChannelMask(chain.original.shape[0]).to(chain.original.device)
-        chain.insert(0, cm)
-        return cm
-    tensor = getattr(mod, name)
-    cm = ChannelMask(tensor.shape[0]).to(tensor.device)
-    parametrize.register_parametrization(mod, name, cm)
+    existing = find(mod, name, ChannelMask)
+    if isinstance(existing, ChannelMask):
+        return existing
+    cm = place(mod, name, ChannelMask(getattr(mod, name).shape[0]))
+    assert isinstance(cm, ChannelMask)
     return cm
 
 

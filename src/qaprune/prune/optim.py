@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from qaprune.errors import RecipeError
-from qaprune.prune.pruner import add_mask, get_mask
+from qaprune.param import add_mask, get_mask
 
 GROUPINGS = ("rows", "columns", "all")
 

@@ -19,16 +19,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qaprune.errors import RecipeError
+from qaprune.param import WEIGHT_LAYERS, latent_weight
 from qaprune.prune.criteria import LayerStats
-from qaprune.prune.pruner import latent_weight
 
-LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 COLLECTABLE = ("activations", "grad", "hessian", "momentum")
 
 
 def scored_layers(model: nn.Module) -> dict[str, nn.Module]:
     """Every Linear/Conv layer of ``model``, by its ``named_modules()`` name, in module order."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, LAYER_TYPES)}
+    return {n: m for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)}
 
 
 def collect_stats(

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import torch
 from torch import Tensor
 
+from qaprune.errors import RecipeError
 from qaprune.registry import Registry
 
 STRUCTURES: Registry = Registry("structure")
+F = TypeVar("F", bound=Callable[..., Tensor])
 
 
 @STRUCTURES.register("unstructured")
@@ -40,6 +43,27 @@ def unstructured(scores: Tensor, sparsity: float) -> Tensor:
         idx = torch.topk(scores.flatten(), keep, sorted=False).indices
         mask[idx] = 1.0
     return mask.view_as(scores)
+
+
+def on_groups(fn: F) -> F:
+    """Declare that a structure acts on channel dependency groups (``fn.groups = True``):
+    ``prune_to`` given an example input then prunes coupled channels together."""
+    fn.groups = True  # type: ignore[attr-defined]
+    return fn
+
+
+def acts_on_groups(fn: Callable) -> bool:
+    """Whether structure ``fn`` was declared with ``on_groups``."""
+    return bool(getattr(fn, "groups", False))
+
+
+def structure_mask(structure: str, layer: str, scores: Tensor, sparsity: float, args: dict) -> Tensor:
+    """``STRUCTURES[structure](scores, sparsity, **args)``; a shape or argument the structure
+    refuses becomes a ``RecipeError`` naming ``layer``."""
+    try:
+        return STRUCTURES.get(structure)(scores, sparsity, **args)
+    except (ValueError, TypeError) as exc:
+        raise RecipeError(f"prune.structure {structure}: layer {layer!r}: {exc}") from exc
 
 
 # --- structured patterns ---------------------------------------------------------------------
@@ -80,16 +104,20 @@ def _live(x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @STRUCTURES.register("channels")
+@on_groups
 def channels(
     scores: Tensor, sparsity: float, *, reduce: str = "sum", round_to: int = 1, coupled: bool = True
 ) -> Tensor:
-    """Whole output channels (filters, dim 0): keep the ``round((1 − sparsity)·out)`` channels
-    whose scores have the highest ``reduce`` ("sum", "mean" or "max"); at least one, unless
-    ``sparsity`` rounds every entry away; with ``round_to`` > 1 the kept count is the nearest
-    multiple of it (at least ``round_to``, at most ``out``). This per-layer form masks rows only;
-    ``prune_to(..., example_input=x)`` prunes whole dependency groups instead (and reads
-    ``coupled``, ignored here). Earlier-pruned (-inf) entries count as 0 in sum and
-    mean; a fully pruned channel ranks last. scores (out, ...) -> mask, same shape.
+    """Whole output channels (filters, dim 0): keep the ``out − round(sparsity·out)`` channels
+    whose scores have the highest ``reduce`` ("sum", "mean" or "max"), at least one (a layer
+    without channels would cut the network); with ``round_to`` > 1 the kept count is the nearest
+    multiple of it (at least ``round_to``, at most ``out``). Earlier-pruned (-inf) entries count
+    as 0 in sum and mean; a fully pruned channel ranks last. scores (out, ...) -> mask, same shape.
+
+    This structure acts on channel groups: ``prune_to(..., example_input=x)`` scores every
+    dependency group's channels (``prune.channels``, which reads ``coupled``), allocates, and
+    calls this function on each group's channel scores (out, 1); without an example input it
+    masks each layer's rows alone.
 
     Example:
         >>> channels(torch.tensor([[1.0, 1.0], [5.0, 0.0], [0.0, 3.0]]), 0.34).tolist()
@@ -102,14 +130,11 @@ def channels(
     agg = rows.amax(1) if reduce == "max" else vals.sum(1) / (rows.shape[1] if reduce == "mean" else 1)
     agg = agg.masked_fill(alive.sum(1) == 0, _NEG_INF)
     _check_ints(round_to=round_to)
-    keep = int(round((1.0 - sparsity) * rows.shape[0]))
-    if keep == 0 and int(round(sparsity * scores.numel())) < scores.numel():
-        keep = 1
-    if round_to > 1 and keep > 0:
+    keep = max(1, rows.shape[0] - int(round(sparsity * rows.shape[0])))
+    if round_to > 1:
         keep = min(rows.shape[0], max(round_to, round_to * int(keep / round_to + 0.5)))
     kept = torch.zeros(rows.shape[0], dtype=scores.dtype, device=scores.device)
-    if keep > 0:
-        kept[torch.topk(agg, keep, sorted=False).indices] = 1.0
+    kept[torch.topk(agg, keep, sorted=False).indices] = 1.0
     return kept[:, None].expand(rows.shape).contiguous().view(scores.shape)
 
 

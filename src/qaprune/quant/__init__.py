@@ -1,14 +1,8 @@
 """Quantization: weight fake-quant parametrizations and activation quantizer modules."""
 
 from qaprune.quant.activations import QuantInput, QuantReLU
-from qaprune.quant.fake_quant import (
-    SUPPORTED_BITS,
-    FakeQuant,
-    LearnedFakeQuant,
-    check_bits,
-    weight_bits,
-    weight_quantizer,
-)
+from qaprune.quant.bits import SUPPORTED_BITS, check_bits
+from qaprune.quant.fake_quant import FakeQuant, LearnedFakeQuant, weight_bits, weight_quantizer
 from qaprune.quant.mixed import bit_widths
 
 __all__ = [

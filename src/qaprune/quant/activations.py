@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from qaprune.quant.bits import check_bits
+
 
 def quantize_ste(x: Tensor, step: float, lo: int, hi: int) -> Tensor:
     """``clamp(round(x / step), lo, hi) · step`` with gradient 1 inside ``[lo·step, hi·step]``
@@ -30,9 +32,6 @@ def quantize_ste(x: Tensor, step: float, lo: int, hi: int) -> Tensor:
     y = F.hardtanh(x, lo * step, hi * step)
     y.detach().mul_(1.0 / step).round_().mul_(step)  # same storage, outside autograd
     return y
-
-
-from qaprune.quant.fake_quant import check_bits
 
 
 def quantize_lsq(x: Tensor, scale: Tensor, lo: int, hi: int) -> Tensor:

@@ -18,22 +18,16 @@ is the clustering-friendly regularizer that pulls weights toward their centres b
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
 from qaprune.errors import RecipeError
-from qaprune.prune.pruner import get_mask, latent_weight
-from qaprune.recipe import MAX_CLUSTERS
+from qaprune.param import WEIGHT_LAYERS, find, get_mask, latent_weight, place
 
-if TYPE_CHECKING:
-    from qaprune.recipe import Recipe
-
-WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 CHUNK = 32768  # candidate splits per vectorized pass (fits the L2 cache)
+MAX_CLUSTERS = 2**16  # the most shared values per layer
 MAX_TABLE_BYTES = 2**32  # the DP's back-pointer table: (k - 2) · (distinct + 1) int32
 
 
@@ -178,12 +172,15 @@ class Cluster(nn.Module):
         >>> lin = nn.Linear(8, 4)
         >>> with torch.no_grad(): lin.weight[0] = 0
         >>> cl = Cluster.fit(lin.weight, 3)
-        >>> _ = parametrize.register_parametrization(lin, "weight", cl)
+        >>> from qaprune.param import place
+        >>> _ = place(lin, "weight", cl)
         >>> len(torch.unique(lin.weight)) <= 3 + 1, bool((lin.weight[0] == 0).all())
         (True, True)
         >>> torch.equal(cl.codebook()[cl.codes()], lin.weight)
         True
     """
+
+    stage = "share"  # qaprune.param: after the mask, before the quantizer
 
     def __init__(self, centroids: Tensor, assign: Tensor, *, zero: Tensor | None = None) -> None:
         super().__init__()
@@ -248,7 +245,7 @@ def cluster_model(
             raise RecipeError(f"clusters: layer {name!r} is already clustered")
     out = {name: Cluster.fit(pre_cluster_weight(mod), n) for name, (mod, n) in targets.items()}
     for name, cl in out.items():
-        _insert(targets[name][0], cl)
+        place(targets[name][0], "weight", cl)  # after a Mask, before quantizers
     return out
 
 
@@ -264,16 +261,8 @@ def clusters_from_state(model: nn.Module, state: dict[str, Tensor]) -> dict[str,
             mod = model.get_submodule(name)
             shape = state[key.replace(".centroids", ".assign")].shape
             out[name] = Cluster(torch.zeros_like(centroids), torch.zeros(shape, dtype=torch.long))
-            _insert(mod, out[name].to(mod.weight.device))
+            place(mod, "weight", out[name])
     return out
-
-
-def _insert(mod: nn.Module, cl: Cluster) -> None:
-    """``cl`` right after the weight's ``Mask`` (first when there is none), before quantizers."""
-    if parametrize.is_parametrized(mod, "weight"):
-        mod.parametrizations["weight"].insert(int(get_mask(mod) is not None), cl)
-    else:
-        parametrize.register_parametrization(mod, "weight", cl)
 
 
 @torch.no_grad()
@@ -284,23 +273,9 @@ def pre_cluster_weight(module: nn.Module) -> Tensor:
     return (mask(w) if mask is not None else w).detach()
 
 
-def cluster_k(recipe: Recipe, name: str) -> int | None:
-    """The number of shared values of layer ``name``: its ``layers.<pattern>.clusters`` override,
-    else ``quant.clusters``; None: not clustered."""
-    over = recipe.layer(name).clusters
-    return over if over is not None else recipe.quant.clusters
-
-
-def recipe_clusters(model: nn.Module, recipe: Recipe) -> dict[str, int]:
-    """``{layer: k}`` for every Linear/Conv layer the recipe clusters (``cluster_model``'s k)."""
-    ks = {n: cluster_k(recipe, n) for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)}
-    return {n: k for n, k in ks.items() if k is not None}
-
-
 def _find_cluster(module: nn.Module) -> Cluster | None:
-    if not parametrize.is_parametrized(module, "weight"):
-        return None
-    return next((p for p in module.parametrizations["weight"] if isinstance(p, Cluster)), None)
+    found = find(module, "weight", Cluster)
+    return found if isinstance(found, Cluster) else None
 
 
 def _targets(

@@ -37,34 +37,13 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
 from qaprune.errors import RecipeError
-from qaprune.recipe import ACT_BITS, SUPPORTED_BITS, WEIGHT_BITS, bits_problem
+from qaprune.param import find
+from qaprune.quant.bits import FLOAT_BITS, check_bits
 
-FLOAT_BITS = 32
 EPS = 1e-12
-__all__ = [
-    "ACT_BITS",
-    "FLOAT_BITS",
-    "SUPPORTED_BITS",
-    "WEIGHT_BITS",
-    "FakeQuant",
-    "LearnedFakeQuant",
-    "check_bits",
-    "find",
-    "weight_bits",
-    "weight_quantizer",
-]
-
-
-def check_bits(bits: int, *, field: str, weights: bool = True) -> int:
-    """Refuse bit widths outside 1..16 and 32 (weights) or 2..16 and 32 (``weights=False``:
-    activations, inputs, biases), naming the field."""
-    problem = bits_problem(bits, weights=weights)
-    if problem:
-        raise RecipeError(f"{field}: {problem}")
-    return bits
+__all__ = ["FakeQuant", "LearnedFakeQuant", "weight_bits", "weight_quantizer"]
 
 
 def sign_ste(v: Tensor) -> Tensor:
@@ -79,7 +58,8 @@ class FakeQuant(nn.Module):
 
     Example:
         >>> lin = nn.Linear(4, 3)
-        >>> _ = parametrize.register_parametrization(lin, "weight", FakeQuant(bits=3))
+        >>> from qaprune.param import place
+        >>> _ = place(lin, "weight", FakeQuant(bits=3))
         >>> len(torch.unique(lin.weight)) <= 2 ** 3 - 1
         True
         >>> len(torch.unique(FakeQuant(bits=1)(torch.randn(3, 8))))
@@ -87,6 +67,7 @@ class FakeQuant(nn.Module):
     """
 
     learned = False
+    stage = "quant"  # qaprune.param: the last on a weight, quant(share(mask · w))
 
     def __init__(self, bits: int, *, per_channel: bool = False, axis: int = 0) -> None:
         super().__init__()
@@ -223,16 +204,6 @@ def weight_quantizer(
     if weight is None:
         raise ValueError("weight_quantizer: a learned scale is initialized from the weight; pass weight=")
     return LearnedFakeQuant(bits, weight=weight, per_channel=per_channel, axis=axis, init=init)
-
-
-def find(module: nn.Module, tensor_name: str, kind: type) -> nn.Module | None:
-    """The first parametrization of type ``kind`` on ``module.<tensor_name>``, else None."""
-    if not parametrize.is_parametrized(module, tensor_name):
-        return None
-    for p in module.parametrizations[tensor_name]:
-        if isinstance(p, kind):
-            return p
-    return None
 
 
 def weight_bits(module: nn.Module) -> int:

@@ -21,7 +21,8 @@ float64, so projecting a projected weight returns it bit for bit.
 Training toward the constraint is ADMM (``ADMMUnify``): W-step = the ordinary optimizer on
 loss + (ρ/2)·||W − Z + U||², Z-step Z = Π(W + U), dual step U += W − Z, ρ grows geometrically.
 At the end ``finalize`` projects W hard and registers a ``Unified`` parametrization, so that
-fine-tuning keeps the chosen blocks unified.
+fine-tuning keeps the chosen blocks unified; ``qaprune.methods.admm_unify`` runs the whole flow with
+``fit``.
 """
 
 from __future__ import annotations
@@ -32,12 +33,9 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
 from qaprune.errors import RecipeError
-from qaprune.prune.pruner import latent_weight
-
-WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+from qaprune.param import WEIGHT_LAYERS, latent_weight, place
 
 
 def check_options(block: Sequence[int], ratio: float, *, prune: float = 0.0, layer: str = "weight") -> None:
@@ -180,10 +178,13 @@ class Unified(nn.Module):
     Example:
         >>> lin = nn.Linear(4, 2)
         >>> par = Unified.from_weight(lin.weight, (1, 4), 1.0)
-        >>> _ = parametrize.register_parametrization(lin, "weight", par)
+        >>> from qaprune.param import place
+        >>> _ = place(lin, "weight", par)
         >>> bool((lin.weight.abs() == lin.weight.abs()[:, :1]).all())
         True
     """
+
+    stage = "share"  # qaprune.param: after the mask, before the quantizer
 
     def __init__(
         self, shape: Sequence[int], block: Sequence[int], unified: Tensor, pruned: Tensor, *, layer: str = "weight"
@@ -348,7 +349,7 @@ class ADMMUnify:
             w = self._w(n)
             unified = Unified.from_weight(w, self.block, self.ratio, prune=self.prune, layer=n)
             w.copy_(unified(w))
-            parametrize.register_parametrization(mod, "weight", unified)
+            place(mod, "weight", unified)
             out[n] = unified
         return out
 
@@ -358,75 +359,3 @@ class ADMMResult:
     history: list[dict[str, float]] = field(default_factory=list)  # per iteration: rho, residual, ...
     accuracy: float = 0.0  # validation accuracy after the hard projection (and fine-tuning)
     parametrizations: dict[str, Unified] = field(default_factory=dict)
-
-
-def admm_unify(
-    model: nn.Module,
-    x_train: Tensor,
-    y_train: Tensor,
-    x_val: Tensor,
-    y_val: Tensor,
-    *,
-    block: Sequence[int] = (1, 4),
-    ratio: float = 0.5,
-    prune: float = 0.0,
-    rho: float = 0.1,
-    rho_factor: float = 2.0,
-    iterations: int = 10,
-    epochs_per_iteration: int = 1,
-    lr: float = 1e-3,
-    batch_size: int = 128,
-    finetune_epochs: int = 0,
-    seed: int = 0,
-    layers: Sequence[str] | None = None,
-) -> ADMMResult:
-    """ADMM unification with ``fit`` (Adam): ``iterations`` Z-steps, one every
-    ``epochs_per_iteration`` epochs, then the hard projection and ``finetune_epochs`` of training
-    under ``Unified``. x (N, ...) float, y (N,) int64, on the model's device.
-
-    Example:
-        >>> model = nn.Sequential(nn.Linear(8, 4))
-        >>> x, y = torch.randn(64, 8), torch.randint(0, 4, (64,))
-        >>> r = admm_unify(model, x, y, x, y, block=(1, 4), ratio=1.0, iterations=3)
-        >>> a = model[0].weight.abs().reshape(8, 4)  # every 1×4 block unified
-        >>> len(r.history), bool((a == a[:, :1]).all())
-        (3, True)
-    """
-    from qaprune.metrics.classification import accuracy, predict
-    from qaprune.recipe import TrainSpec
-    from qaprune.train import fit
-
-    admm = ADMMUnify(
-        model,
-        block=block,
-        ratio=ratio,
-        prune=prune,
-        rho=rho,
-        rho_factor=rho_factor,
-        every=epochs_per_iteration,
-        layers=layers,
-    )
-
-    def on_epoch(epoch: int) -> bool:
-        done = len(admm.history)
-        admm.on_epoch(epoch)
-        if len(admm.history) > done:
-            admm.history[-1]["val_accuracy"] = accuracy(predict(model, x_val), y_val)
-        return False
-
-    spec = TrainSpec(epochs=iterations * epochs_per_iteration, lr=lr, batch_size=batch_size, patience=None)
-    with admm:
-        fit(model, x_train, y_train, x_val, y_val, spec=spec, seed=seed, on_epoch=on_epoch)
-        on_epoch(spec.epochs)  # the last Z-step: fit calls on_epoch before epochs only
-    found = admm.finalize()
-    if finetune_epochs:
-        fit(
-            model,
-            x_train,
-            y_train,
-            x_val,
-            y_val,
-            spec=spec.model_copy(update={"epochs": finetune_epochs}),
-            seed=seed + 1,
-        )
-    return ADMMResult(admm.history, accuracy(predict(model, x_val), y_val), found)

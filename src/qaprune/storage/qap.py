@@ -30,8 +30,10 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from qaprune.errors import CheckpointError
+from qaprune.param import bake
 from qaprune.storage.codec import Reader, decode_tensor, describe, encode_tensor
 
 FORMAT = "qaprune.qap"
@@ -44,8 +46,6 @@ def baked_state(model_or_state_dict: nn.Module | Mapping[str, Tensor]) -> dict[s
     """The state dict that an artifact stores: a module is baked on a copy first (its
     parametrizations become plain weights); a state dict is taken as it is."""
     if isinstance(model_or_state_dict, nn.Module):
-        from qaprune.compress import bake
-
         return bake(copy.deepcopy(model_or_state_dict)).state_dict()
     return dict(model_or_state_dict)
 
@@ -191,7 +191,7 @@ def load_qap_into(model: nn.Module, path: str | Path) -> nn.Module:
     """
     from torch.nn.utils import parametrize
 
-    from qaprune.compress import bake
+    from qaprune.param import bake
 
     state, _ = load_qap(path)
     if any(parametrize.is_parametrized(m) for m in model.modules()):
@@ -216,7 +216,7 @@ def qap_report(path: str | Path) -> list[dict[str, Any]]:
 
 
 def compression_ratio(model: nn.Module) -> float:
-    """Bytes of the model as dense float32 (unpruned, see ``metrics.size.fp32_bytes``) over the
+    """Bytes of the model as dense float32 (unpruned, ``fp32_bytes``) over the
     bytes of its ``.qap`` artifact (header included).
 
     Example:
@@ -224,6 +224,26 @@ def compression_ratio(model: nn.Module) -> float:
         >>> 0.9 < compression_ratio(build_model("lenet300", input_shape=(16,), num_classes=5)) < 1.0
         True
     """
-    from qaprune.metrics.size import fp32_bytes
-
     return fp32_bytes(model) / len(qap_bytes(model))
+
+
+def _plain_state(model: nn.Module) -> dict[str, Tensor]:
+    """The state dict with parametrized tensors under their plain names (masks dropped)."""
+    out = {}
+    for key, value in model.state_dict().items():
+        if ".parametrizations." in key:
+            continue
+        out[key] = value
+    for name, mod in model.named_modules():
+        for tname in getattr(mod, "parametrizations", {}) or {}:
+            if tname != "weight":
+                out[f"{name}.{tname}" if name else tname] = getattr(mod, tname)
+    return out
+
+
+def fp32_bytes(model: nn.Module) -> int:
+    """Bytes of the same model's float32 tensors, unpruned (the raw payload, no header)."""
+    state = _plain_state(model)
+    floats = sum(v.numel() for k, v in state.items() if v.is_floating_point() and not k.endswith("num_batches_tracked"))
+    weights = sum(m.weight.numel() for m in model.modules() if parametrize.is_parametrized(m, "weight"))
+    return 4 * (floats + weights)

@@ -10,18 +10,29 @@ from __future__ import annotations
 import fnmatch
 import json
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from qaprune.autosearch.spec import SearchSpec
 from qaprune.errors import RecipeError
+from qaprune.prune.allocation import ALLOCATIONS
+from qaprune.prune.criteria import CRITERIA
+from qaprune.prune.schedules import SCHEDULES
+from qaprune.prune.structures import STRUCTURES
+from qaprune.quant.bits import bits_problem
+from qaprune.quant.cluster import MAX_CLUSTERS
+from qaprune.recipe.search import SearchSpec
+from qaprune.registry import Registry
 
-WEIGHT_BITS = (*range(1, 17), 32)  # 1: binary, 2: ternary, 32: float (quant.fake_quant)
-ACT_BITS = (*range(2, 17), 32)  # activations, inputs and biases: 1 bit is for weights only
-SUPPORTED_BITS = WEIGHT_BITS
-MAX_CLUSTERS = 2**16
 SPARSE_OPTIMIZERS = ("hspg", "obproxsg")  # qaprune.prune.optim: exact zeros while training
 
 
@@ -29,13 +40,32 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-def bits_problem(bits: int, *, weights: bool) -> str | None:
-    """Why ``bits`` is refused (weights: 1..16 or 32; else 2..16 or 32), None when it is fine."""
-    if bits in (WEIGHT_BITS if weights else ACT_BITS):
-        return None
-    if weights:
-        return f"{bits} bits is not supported; allowed: 1..16 or 32 (float)"
-    return f"{bits} bits is not supported; allowed: 2..16 or 32 (float); 1 bit is for weights only"
+def member_of(registry: Registry) -> AfterValidator:
+    """A pydantic validator: the value must be a name in ``registry`` (the one source of truth);
+    the error lists the known names."""
+
+    def check(v: str) -> str:
+        if v not in registry:
+            raise ValueError(f"{v!r} is unknown; known: {', '.join(registry.names())}")
+        return v
+
+    return AfterValidator(check)
+
+
+def enum_of(registry: Registry) -> Any:
+    """JSON Schema ``enum`` of the registry's names, read when the schema is made (so plug-ins
+    registered by then are in it)."""
+
+    def schema(s: dict[str, Any]) -> None:
+        s["enum"] = registry.names()
+
+    return Field(json_schema_extra=schema)
+
+
+Allocation = Annotated[str, member_of(ALLOCATIONS), enum_of(ALLOCATIONS)]
+Criterion = Annotated[str, member_of(CRITERIA), enum_of(CRITERIA)]
+Schedule = Annotated[str, member_of(SCHEDULES), enum_of(SCHEDULES)]
+Structure = Annotated[str, member_of(STRUCTURES), enum_of(STRUCTURES)]
 
 
 def _bits(v: int | None, info) -> int | None:
@@ -94,12 +124,12 @@ class QuantSpec(_Strict):
 
 class PruneSpec(_Strict):
     sparsity: float = 0.0  # final sparsity of the free layers, in [0, 1)
-    criterion: str = "magnitude"
-    structure: str = "unstructured"
+    criterion: Criterion = "magnitude"
+    structure: Structure = "unstructured"
     structure_args: dict[str, Any] = {}  # e.g. {n: 2, m: 4} for N:M, {block: [4, 4]} for blocks,
     #                                      {round_to: 8} for channels; per layer: layers.<p>.structure_args
-    allocation: Literal["global", "uniform", "lamp"] = "global"
-    schedule: Literal["iterative", "cubic", "oneshot"] = "iterative"
+    allocation: Allocation = "global"
+    schedule: Schedule = "iterative"
     rate: float = 0.1  # iterative: sparsity added per round
     of: Literal["original", "remaining"] = "original"
     rewind: Literal["ft", "lt"] = "ft"  # fine-tune, or lottery-ticket rewind to the initial weights
@@ -113,16 +143,6 @@ class PruneSpec(_Strict):
     def _rate(cls, v: float) -> float:
         if not 0.0 < v < 1.0:
             raise ValueError(f"{v} is not in (0, 1)")
-        return v
-
-    @field_validator("criterion", "structure")
-    @classmethod
-    def _registered(cls, v: str, info) -> str:
-        from qaprune.prune import CRITERIA, STRUCTURES
-
-        reg = CRITERIA if info.field_name == "criterion" else STRUCTURES
-        if v not in reg:
-            raise ValueError(f"{v!r} is unknown; known: {', '.join(reg.names())}")
         return v
 
 

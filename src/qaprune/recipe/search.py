@@ -1,6 +1,6 @@
 """The ``search:`` section of a recipe: what to vary, what to optimize, under which constraints.
 
-Only pydantic here (no optuna, no torch), so that ``qaprune.recipe`` can import it cheaply.
+Only pydantic here (no optuna, no torch); ``qaprune.autosearch`` runs what it describes.
 A recipe's search section, in YAML::
 
     search:
