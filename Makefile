@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test lint bench install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# ruff (lint + format) on src, tests and bench; mypy on src against a baseline that only shrinks.
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench .ci
+	$(BIN)/ruff format --check src tests bench .ci
+	$(BIN)/python .ci/typecheck.py
 
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e ".[dev,bench]"
