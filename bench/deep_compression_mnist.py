@@ -44,9 +44,10 @@ sys.path.insert(0, str(HERE))
 
 from common import best_within, machine, table, write_results
 
-from qaprune.quant.cluster import cluster_k
+from qaprune.compress import cluster_k
 from qaprune.recipe import Recipe
-from qaprune.runner import build, clean, load_data, run, setup
+from qaprune.rundir import build, clean, load_data, setup
+from qaprune.runner import run
 from qaprune.storage import load_qap_into, qap_report
 
 RECIPES = {

@@ -56,13 +56,14 @@ sys.path.insert(0, str(HERE))
 from common import machine, table, write_results
 
 import qaprune
-from qaprune.compress import bake
 from qaprune.export.shrink import shrink
 from qaprune.export.verify import VerificationError
 from qaprune.metrics.bops import profile
 from qaprune.metrics.latency import measure_latency
+from qaprune.param import bake
 from qaprune.recipe import Recipe
-from qaprune.runner import clean, load_run, run
+from qaprune.rundir import clean, load_run
+from qaprune.runner import run
 
 RECIPES = {
     "lenet300": HERE.parent / "recipes" / "export_lenet300.yaml",
@@ -100,13 +101,15 @@ LATENCY_COLUMNS = [
 
 def train(net: str, recipe: Recipe, runs_dir: Path, data_dir: str | None, reuse: bool = False) -> dict[str, Any]:
     """Dense fp32 and QAP runs of one recipe: run directories, accuracies, seconds. ``reuse``:
-    keep a finished run whose stored recipe is this one."""
+    keep a finished run whose stored recipe is this one (``reused``: its accuracy and timing are
+    that earlier run's, measured with the code it ran with, not this checkout's)."""
     out: dict[str, Any] = {}
     for kind, sets in (("dense", DENSE), ("qap", [])):
         r = recipe.override([*sets, f"name={recipe.name}-{kind}"])
         run_dir = runs_dir / f"{net}-{kind}"
         t0 = time.perf_counter()
-        if reuse and (run_dir / "results.json").is_file() and Recipe.load(run_dir / "recipe.yaml") == r:
+        reused = reuse and (run_dir / "results.json").is_file() and Recipe.load(run_dir / "recipe.yaml") == r
+        if reused:
             results = json.loads((run_dir / "results.json").read_text())
         else:
             clean(run_dir)
@@ -119,6 +122,7 @@ def train(net: str, recipe: Recipe, runs_dir: Path, data_dir: str | None, reuse:
             "train_seconds": results["timing"]["train_seconds"],
             "epochs": results["timing"]["epochs"],
             "sparsity": m["sparsity"],
+            "reused": reused,
         }
         res = argparse.Namespace(metrics=m)
         print(f"{net} {kind}: accuracy {res.metrics['accuracy']:.4f} in {out[kind]['seconds']:.0f} s", flush=True)

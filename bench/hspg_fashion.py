@@ -34,7 +34,7 @@ from qaprune.prune import prune_to
 from qaprune.prune.groups import channel_groups
 from qaprune.prune.optim import groups_to_masks
 from qaprune.recipe import SparseSpec, TrainSpec
-from qaprune.runner import load_data, setup
+from qaprune.rundir import load_data, setup
 from qaprune.train import fit
 
 COLUMNS = [

@@ -37,7 +37,8 @@ sys.path.insert(0, str(HERE))
 from common import best_within, machine, table, write_results
 
 from qaprune.recipe import Recipe
-from qaprune.runner import clean, run
+from qaprune.rundir import clean
+from qaprune.runner import run
 
 RECIPE = HERE.parent / "recipes" / "letter_qap.yaml"
 FCS = ("fc1", "fc2", "fc3", "fc4")

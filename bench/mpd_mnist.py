@@ -39,12 +39,12 @@ sys.path.insert(0, str(HERE))
 
 from common import machine, table, write_results
 
-from qaprune.compress import bake
 from qaprune.export.shrink import shrink
-from qaprune.io import load_into
 from qaprune.metrics.latency import measure_latency
+from qaprune.param import bake
 from qaprune.recipe import Recipe
-from qaprune.runner import build, clean, load_data, run, setup
+from qaprune.rundir import build, clean, load_data, load_into, setup
+from qaprune.runner import run
 
 RECIPE = HERE.parent / "recipes" / "mpd_lenet300.yaml"
 VARIANTS: dict[str, list[str]] = {"lenet300": [], "lenet300-bn": ["model.args.batchnorm=affine"]}

@@ -48,9 +48,9 @@ from torch import Tensor, nn
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import RESULTS, machine, table, write_results
+from common import RESULTS, machine, merged_machine, parts_of, table, write_results
 
-from qaprune.compress import attach, bake
+from qaprune.compress import attach
 from qaprune.errors import RecipeError
 from qaprune.export.fold import fold_batchnorm, for_inference
 from qaprune.export.shrink import shrink
@@ -58,11 +58,12 @@ from qaprune.io import load_tensors, save_tensors
 from qaprune.metrics.bops import profile
 from qaprune.metrics.classification import accuracy, predict
 from qaprune.metrics.latency import export_onnx, measure_latency
+from qaprune.param import bake
 from qaprune.prune import CRITERIA, prune_to
 from qaprune.prune.groups import ChannelGroup, channel_groups, dependency_groups, mask_channels
 from qaprune.prune.stats import MomentumTracker, collect_stats
 from qaprune.recipe import Recipe, TrainSpec
-from qaprune.runner import load_data, setup
+from qaprune.rundir import load_data, setup
 from qaprune.train import fit
 
 RECIPE = HERE.parent / "recipes" / "fashion_vgg.yaml"
@@ -435,8 +436,10 @@ def save(
     skipped: list[dict],
     *,
     complete: bool,
+    parts: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the results JSON (also after every point, with ``complete`` false)."""
+    """Write the results JSON (also after every point, with ``complete`` false). ``parts``: with
+    --append, the machine block of each run whose points are in the file (``machine.parts``)."""
     dense = {**ref, "train_epochs": dense_info["epochs"], "train_seconds": dense_info["train_seconds"]}
     return write_results(
         args.name or ("prune_fashion_quick" if args.quick else "prune_fashion"),
@@ -444,7 +447,7 @@ def save(
             "benchmark": "prune_fashion",
             "quick": args.quick,
             "complete": complete,
-            "machine": machine(),
+            "machine": machine() if parts is None else merged_machine(parts),
             "budget": plan,
             "headline": headline(points, ref),
             "dense": dense,
@@ -582,8 +585,14 @@ def main(argv: list[str] | None = None) -> None:
     state, momentum, info = train_dense(recipe, data, args.runs_dir)
     groups = channel_groups(build_dense(recipe, data).eval(), data.x_test[:2])
     old = previous(args)
+    parts = None
     if old is not None:
         plan = {**old["budget"], "appended": [*old["budget"].get("appended", []), appended(args, ft_spec)]}
+        # which run measured which points: the earlier run(s), and this one as budget.appended[i]
+        parts = {
+            **parts_of(old.get("machine"), previous_path(args).stem),
+            f"appended[{len(plan['appended']) - 1}]": machine(),
+        }
     with tempfile.TemporaryDirectory() as tmp:
         b = Bench(
             recipe,
@@ -613,10 +622,12 @@ def main(argv: list[str] | None = None) -> None:
         )
         before = (old["points"], old["skipped"]) if old is not None else ([], [])
         points, skipped = run_all(
-            b, args, lambda p, s: save(args, plan, b.ref, info, before[0] + p, before[1] + s, complete=False)
+            b,
+            args,
+            lambda p, s: save(args, plan, b.ref, info, before[0] + p, before[1] + s, complete=False, parts=parts),
         )
     points, skipped = before[0] + points, before[1] + skipped
-    path = save(args, plan, b.ref, info, points, skipped, complete=True)
+    path = save(args, plan, b.ref, info, points, skipped, complete=True, parts=parts)
     report(points, headline(points, b.ref), path)
 
 
@@ -624,11 +635,15 @@ def previous(args: argparse.Namespace) -> dict | None:
     """With --append: the finished results JSON to add points to (its dense reference is kept)."""
     if not args.append:
         return None
-    path = HERE / "results" / ("prune_fashion_quick.json" if args.quick else "prune_fashion.json")
+    path = previous_path(args)
     old = json.loads(path.read_text()) if path.is_file() else None
     if old is None or not old.get("complete"):
         raise SystemExit(f"--append: {path} is missing or incomplete; run the full benchmark first")
     return old
+
+
+def previous_path(args: argparse.Namespace) -> Path:
+    return HERE / "results" / ("prune_fashion_quick.json" if args.quick else "prune_fashion.json")
 
 
 def appended(args: argparse.Namespace, ft: TrainSpec) -> dict:
@@ -645,7 +660,9 @@ def merge(base: str, extra: str) -> Path:
     """Add the finished results ``extra`` (a longer fine-tuning budget on a subset of criteria,
     its own dense reference fine-tuned alike) to ``base`` under ``budgets``; the headline becomes
     the better of the two budgets' headlines (a criterion within the bound first, then the larger
-    FLOPs reduction), with its ``finetune_epochs``. ``base``'s points stay the full table."""
+    FLOPs reduction), with its ``finetune_epochs``. ``base``'s points stay the full table.
+    ``machine`` is this merge's, with ``parts``: the machine block of each merged run, by name
+    (the names of ``budgets``), so each budget's numbers keep the commit that measured them."""
     runs = [json.loads((RESULTS / f"{n}.json").read_text()) for n in (base, extra)]
     if not all(r.get("complete") for r in runs):
         raise SystemExit(f"--merge: {base}.json and {extra}.json must both be complete")
@@ -667,6 +684,9 @@ def merge(base: str, extra: str) -> Path:
     top = max(budgets, key=rank)
     out = {
         **runs[0],
+        "machine": merged_machine(
+            {**parts_of(runs[0].get("machine"), base), **parts_of(runs[1].get("machine"), extra)}
+        ),
         "budgets": [b for b in budgets],
         "headline": {**top["headline"], "finetune_epochs": top["finetune_epochs"]},
     }

@@ -25,7 +25,8 @@ from common import best_within, machine, table, write_results
 
 from qaprune.prune.schedules import steps
 from qaprune.recipe import Recipe
-from qaprune.runner import clean, run
+from qaprune.rundir import clean
+from qaprune.runner import run
 
 RECIPES = HERE.parent / "recipes"
 COLUMNS = [
@@ -75,7 +76,7 @@ def run_qaprune(recipes: dict[str, Recipe], *, data_dir: str, runs_dir: Path, ov
 def run_peers(bits_list: list[int], recipe: Recipe, *, data_dir: str) -> dict:
     from peer_brevitas import run_peer
 
-    from qaprune.runner import load_data, setup
+    from qaprune.rundir import load_data, setup
 
     device = setup(recipe)
     data = load_data(recipe, data_dir, device)

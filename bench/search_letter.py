@@ -92,12 +92,13 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import RESULTS, best_within, machine, table, write_results
+from common import RESULTS, best_within, machine, merged_machine, table, write_results
 
 from qaprune.autosearch.front import hypervolume
 from qaprune.autosearch.space import dense_recipe, trial_recipe
 from qaprune.recipe import Recipe
-from qaprune.runner import clean, run
+from qaprune.rundir import clean
+from qaprune.runner import run
 
 RECIPE = HERE.parent / "recipes" / "letter_qap.yaml"
 PARTS = ("search", "widths", "workers")
@@ -542,12 +543,17 @@ TARGETS = {
 
 
 def merge(name: str, part: str, out: dict, args, ref: dict, seconds: float) -> Path:
+    """Merge ``part``'s section into NAME.json. ``machine`` is this run's block with ``parts``: the
+    block of the run that measured each part (files written before ``parts`` kept them by part
+    name directly under ``machine``)."""
     path = RESULTS / f"{name}.json"
     data = json.loads(path.read_text()) if path.exists() else {}
     data.update(benchmark="search_letter", quick=args.quick, threads=args.threads)
     data.setdefault("complete", {p: False for p in PARTS})
     data["complete"][part] = True
-    data.setdefault("machine", {})[part] = machine()
+    old = data.get("machine") or {}
+    parts = old["parts"] if "parts" in old else {p: old[p] for p in PARTS if p in old}
+    data["machine"] = merged_machine({**parts, part: machine()})
     data.setdefault("dense", {})[part] = ref
     data.setdefault("budget", {})[part] = (
         QUICK_BUDGET if args.quick else WORKERS_BUDGET if part == "workers" else BUDGET

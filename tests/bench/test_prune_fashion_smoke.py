@@ -106,3 +106,29 @@ def test_headline_picks_the_largest_reduction_within_the_bound(pf):
     h = pf.headline(pts, ref)
     assert h["criterion"] == "a" and h["flops_target_met"] and not h["speedup_target_met_torch"]
     assert h["speedup_target_met_ort"] and not h["speedup_target_met_torch_eager"] and h["peer"] is None
+
+
+def test_merge_keeps_the_machine_of_each_merged_run(pf, tmp_path, monkeypatch):
+    def finished(commit: str, epochs: int, criterion: str | None) -> dict:
+        head = {"criterion": criterion, "flops_reduction": 0.75, "accuracy_drop_points": 0.3}
+        return {
+            "complete": True,
+            "machine": {"commit": commit, "dirty": False, "tree": "t" + commit, "command": f"python run {epochs}"},
+            "budget": {"finetune_epochs": epochs},
+            "headline": head,
+            "dense": {"accuracy": 0.9},
+            "points": [],
+            "skipped": [],
+        }
+
+    base, extra = finished("a" * 40, 2, None), finished("b" * 40, 6, "lamp")
+    for name, data in (("prune_fashion", base), ("prune_fashion_ft6", extra)):
+        (tmp_path / f"{name}.json").write_text(pf.json.dumps(data))
+    common = sys.modules["common"]
+    monkeypatch.setattr(pf, "RESULTS", tmp_path)
+    monkeypatch.setattr(pf, "write_results", lambda name, data: common.write_results(name, data, tmp_path))
+    out = pf.json.loads(pf.merge("prune_fashion", "prune_fashion_ft6").read_text())
+    assert out["headline"]["criterion"] == "lamp" and out["headline"]["finetune_epochs"] == 6
+    assert out["machine"]["parts"] == {"prune_fashion": base["machine"], "prune_fashion_ft6": extra["machine"]}
+    assert out["machine"]["command"].startswith("python ") and "tree" in out["machine"]
+    assert [b["name"] for b in out["budgets"]] == list(out["machine"]["parts"])
