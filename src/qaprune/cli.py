@@ -170,7 +170,7 @@ def shrink_cmd(
 @app.command("export")
 def export_cmd(
     run_dir: Path = typer.Argument(..., help="A run directory."),
-    format: str = typer.Option("onnx", "--format", help="onnx | qdq | qonnx | qap."),
+    format: str = typer.Option("onnx", "--format", help="A registered format: onnx | qdq | qonnx | qap."),
     out: Path | None = typer.Option(
         None, "--out", help="Output file (default RUN_DIR/model.onnx, .qdq.onnx, .qonnx.onnx, .qap)."
     ),

@@ -89,33 +89,51 @@ def _save(proto: Any, path: Path) -> str:
     return f"qaprune lowering, opset {proto.opset_import[0].version}"
 
 
-def _onnx_check(fmt: str, model: nn.Module, x: Tensor, path: Path, keep: dict[str, Tensor] | None) -> Verification:
-    """Float graphs (onnx, qonnx) with the tie-aware check of activation codes; qdq by top-1."""
-    from qaprune.export import verify as v
+class _OnnxGraph(Exporter):
+    """An ONNX graph checked by running it: on ONNX Runtime (``executor = "ort"``, with the
+    kernels it really runs recorded) or qonnx's executor (``"qonnx"``). ``criterion``: "float"
+    (outputs to 1e-5, activation codes that differ must be rounding ties, checked tap by tap when
+    ``tie_aware``) or "int8" (top-1 agreement)."""
 
-    reference, quantized = v.torch_outputs(model, x), v.has_act_quantizers(model)
-    if fmt == "qonnx":
-        from importlib.metadata import version
+    executor = "ort"
+    criterion = "float"
+    tie_aware = True
 
-        runtime, values = f"qonnx {version('qonnx')} execute_onnx", v.qonnx_values
-    else:
-        import onnxruntime as ort
+    def verify(self, model, x, path, *, skeleton, keep) -> Verification:
+        from qaprune.export import verify as v
 
-        runtime, values = f"onnxruntime {ort.__version__}", v.ort_values
-    taps = v.taps_of(path) if quantized and fmt != "qdq" and keep is not None else {}
-    forced = v.forced_check(model, x, values(path, list(taps.values())), taps, keep) if taps else None
-    exported = v.ort_outputs(path, x) if fmt != "qonnx" else values(path, [])(x)[0]
-    criterion = "int8" if fmt == "qdq" else "float"
-    check = v.compare(
-        reference, exported, fmt=fmt, runtime=runtime, criterion=criterion, quantized_acts=quantized, forced=forced
-    )
-    if fmt != "qonnx":
-        check.kernels = v.ort_kernels(path)
-    return check
+        reference, quantized = v.torch_outputs(model, x), v.has_act_quantizers(model)
+        if self.executor == "qonnx":
+            from importlib.metadata import version
+
+            runtime, values = f"qonnx {version('qonnx')} execute_onnx", v.qonnx_values
+        else:
+            import onnxruntime as ort
+
+            runtime, values = f"onnxruntime {ort.__version__}", v.ort_values
+        taps = v.taps_of(path) if quantized and self.tie_aware and keep is not None else {}
+        forced = (
+            v.forced_check(model, x, values(path, list(taps.values())), taps, keep)
+            if taps and keep is not None
+            else None
+        )
+        exported = v.ort_outputs(path, x) if self.executor == "ort" else values(path, [])(x)[0]
+        check = v.compare(
+            reference,
+            exported,
+            fmt=self.name,
+            runtime=runtime,
+            criterion=self.criterion,
+            quantized_acts=quantized,
+            forced=forced,
+        )
+        if self.executor == "ort":
+            check.kernels = v.ort_kernels(path)
+        return check
 
 
 @register("onnx")
-class OnnxFloat(Exporter):
+class OnnxFloat(_OnnxGraph):
     suffix, instead = ".onnx", "--format qap"
 
     def write(self, model: nn.Module, x: Tensor, path: Path, *, shrink: bool, int4: bool) -> dict[str, Any]:
@@ -129,11 +147,8 @@ class OnnxFloat(Exporter):
             return {**info, "how": how, "act_keep": None}
         return {**info, "how": _save(proto, path), "layers": layers}
 
-    def verify(self, model, x, path, *, skeleton, keep) -> Verification:
-        return _onnx_check(self.name, model, x, path, keep)
 
-
-class _OnnxFile(Exporter):
+class _OnnxFile(_OnnxGraph):
     """A quantized ONNX format built from the lowered model by ``build(low, int4)``."""
 
     def build(self, low: Lowered, *, int4: bool) -> tuple[Any, dict[str, str]]:
@@ -144,14 +159,12 @@ class _OnnxFile(Exporter):
         proto, layers = _unsupported_named(self, lambda: self.build(low, int4=int4))
         return {**info, "how": _save(proto, path), "layers": layers}
 
-    def verify(self, model, x, path, *, skeleton, keep) -> Verification:
-        return _onnx_check(self.name, model, x, path, keep)
-
 
 @register("qdq")
 class OnnxQDQ(_OnnxFile):
     suffix = ".qdq.onnx"
     instead = "--format qonnx (any bit width) or --format onnx (float)"
+    criterion, tie_aware = "int8", False
 
     def build(self, low: Lowered, *, int4: bool) -> tuple[Any, dict[str, str]]:
         from qaprune.export.qdq import qdq_onnx
@@ -163,6 +176,7 @@ class OnnxQDQ(_OnnxFile):
 class QONNX(_OnnxFile):
     suffix = ".qonnx.onnx"
     instead = "--format onnx (float, any operation torch.onnx.export handles) or --format qap"
+    executor = "qonnx"
 
     def build(self, low: Lowered, *, int4: bool) -> tuple[Any, dict[str, str]]:
         from qaprune.export.qonnx_export import qonnx_model
