@@ -144,7 +144,11 @@ def test_corrupt_mnist_idx_refused(tmp_path):
 def test_mnist_npz_pool_and_official_test(tmp_path):
     arrays = make_idx_set(tmp_path / "d" / "mnist", n_train=0, n_test=30, seed=1, full_train=False, npz_train=100)
     ds = load_dataset("mnist", data_dir=tmp_path / "d", val=10, seed=0)
-    assert ds.summary() == {
+    summary = ds.summary()
+    counts = summary.pop("class_counts")
+    assert {split: sum(c.values()) for split, c in counts.items()} == {"train": 90, "val": 10, "test": 30}
+    assert counts["test"] == {str(k): int((arrays["ytest"] == k).sum()) for k in range(10)}
+    assert summary == {
         "name": "mnist",
         "train": 90,
         "val": 10,

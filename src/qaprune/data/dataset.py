@@ -43,12 +43,14 @@ class Dataset:
 
     x_*: float32, (N, *input_shape); y_*: int64, (N,). input_shape is (16,) for tabular data,
     (1, 28, 28) for MNIST. `scaling` holds how x was scaled, x = (raw - shift) / scale, with
-    shift and scale broadcastable to (1, *input_shape).
+    shift and scale broadcastable to (1, *input_shape). `classes`: the names the raw data
+    declares (None when it has none); `class_names`: always one name per class, label i ->
+    class_names[i] (the declared names, else str(i)).
 
     Example:
         >>> ds = load_dataset("digits", seed=0)
-        >>> ds.x_train.shape[1:], ds.num_classes
-        (torch.Size([1, 8, 8]), 10)
+        >>> ds.x_train.shape[1:], ds.num_classes, ds.class_names[:3]
+        (torch.Size([1, 8, 8]), 10, ['0', '1', '2'])
     """
 
     name: str
@@ -63,9 +65,17 @@ class Dataset:
     classes: list[str] | None = None
     source: str | None = None
     scaling: dict[str, Any] = field(default_factory=dict)
+    class_names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.class_names:
+            self.class_names = list(self.classes) if self.classes else [str(i) for i in range(self.num_classes)]
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(f"Dataset.class_names: {len(self.class_names)} names for {self.num_classes} classes")
 
     def summary(self) -> dict[str, Any]:
-        """Sizes and shapes as plain JSON values: name, train, val, test, num_classes, input_shape."""
+        """Sizes and shapes as plain JSON values: name, train, val, test, num_classes, input_shape,
+        and class_counts: per split, samples per class name."""
         return {
             "name": self.name,
             "train": int(self.x_train.shape[0]),
@@ -73,4 +83,13 @@ class Dataset:
             "test": int(self.x_test.shape[0]),
             "num_classes": int(self.num_classes),
             "input_shape": list(self.input_shape),
+            "class_counts": {split: self.class_counts(split) for split in ("train", "val", "test")},
         }
+
+    def class_counts(self, split: str = "test") -> dict[str, int]:
+        """Samples per class name in ``split`` ("train", "val" or "test"), zeros included."""
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split: {split!r} is not one of train, val, test")
+        y = getattr(self, f"y_{split}").detach().cpu().long()
+        counts = torch.bincount(y, minlength=self.num_classes).tolist() if y.numel() else [0] * self.num_classes
+        return {name: int(c) for name, c in zip(self.class_names, counts)}

@@ -91,6 +91,7 @@ JETS_FEATURES = (
     "multiplicity",
 )
 JETS_CLASSES = ["g", "q", "t", "w", "z"]
+LETTER_CLASSES = [chr(ord("A") + i) for i in range(26)]
 JETS_OPENML_ID = 42468
 LETTER_OPENML_ID = 6
 
@@ -214,7 +215,8 @@ def _one_file(layout: Layout, *, path: PathLike, data_dir: PathLike, fetch) -> P
 
 @DATASETS.register("letter")
 def letter(*, path: PathLike = None, data_dir: PathLike = None) -> RawData:
-    """UCI Letter Recognition: float32 (20000, 16) integer-valued features, 26 classes A..Z."""
+    """UCI Letter Recognition: float32 (20000, 16) integer-valued features, 26 classes A..Z
+    (integer labels without class names are read as 0 = A .. 25 = Z)."""
     fetch = partial(_fetch_openml, data_id=LETTER_OPENML_ID, filename="letter.npz")
     p = _one_file(LETTER_LAYOUT, path=path, data_dir=data_dir, fetch=fetch)
     verify_sidecar(p)
@@ -224,6 +226,8 @@ def letter(*, path: PathLike = None, data_dir: PathLike = None) -> RawData:
         x, y, classes = _xy_classes(p, label_column=None)
     if x.ndim != 2 or x.shape[1] != 16:
         raise DataFormatError(f"{p}: letter needs 16 features per row, got shape {x.shape}")
+    if classes is None and y.size and y.max() < len(LETTER_CLASSES):  # integer codes: 0 is A
+        classes = list(LETTER_CLASSES)
     return RawData(x=x.astype(np.float32), y=y, kind="tabular", classes=classes, source=str(p))
 
 

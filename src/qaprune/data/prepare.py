@@ -27,15 +27,18 @@ def load_dataset(
     scale: str = "auto",
     seed: int = 0,
     label_column: str | None = None,
+    stratify: bool = True,
 ) -> Dataset:
     """Load, split and scale a dataset: a registry name (`DATASETS.names()`) or a user file
     (.npz with x, y; .csv with a header; .arff).
 
     path: an explicit file or folder for a registry dataset. data_dir: a data folder, searched
     before $QAPRUNE_DATA, system locations and the cache (qaprune.data.resolve). train / val /
-    test: fractions of the data (0..1) or sample counts; train=None takes the rest. Datasets
-    with an official test set (MNIST, Fashion-MNIST) use it as the test split (an int `test`
-    takes a seeded subset of it) and split train / val from the training pool. scale: "auto"
+    test: fractions of the data (0..1) or sample counts; train=None takes the rest. The split is
+    seeded and, when `stratify`, stratified by label: every split holds each class in
+    proportion (qaprune.data.split); stratify=False takes a plain permutation. Datasets with an
+    official test set (MNIST, Fashion-MNIST) use it as the test split (an int `test` takes a
+    seeded subset of it) and split train / val from the training pool. scale: "auto"
     (standard for tabular, unit for images), "standard", "minmax", "unit" or "none", fitted on
     the training split only. label_column: the label column of a user CSV / ARFF file.
 
@@ -51,7 +54,17 @@ def load_dataset(
         if x_official.shape[1:] != x.shape[1:]:
             raise DataFormatError(f"{raw.source}: test samples {x_official.shape[1:]} but train {x.shape[1:]}")
     n_official = None if x_official is None else len(x_official)
-    i_tr, i_va, i_te = split_indices(len(x), train=train, val=val, test=test, seed=seed, n_official_test=n_official)
+    i_tr, i_va, i_te = split_indices(
+        len(x),
+        train=train,
+        val=val,
+        test=test,
+        seed=seed,
+        n_official_test=n_official,
+        y=raw.y,
+        y_test=raw.y_test,
+        stratify=stratify,
+    )
     method = resolve_scale(scale, kind=raw.kind)
     shift, factor = fit_scaling(x[i_tr], method=method, value_max=raw.value_max)
     x_te, y_te = (x, raw.y) if x_official is None else (x_official, raw.y_test)
@@ -72,6 +85,7 @@ def load_dataset(
         num_classes=_num_classes(raw),
         input_shape=tuple(x.shape[1:]),
         classes=raw.classes,
+        class_names=_class_names(raw),
         source=raw.source,
         scaling={"method": method, "shift": torch.from_numpy(shift), "scale": torch.from_numpy(factor)},
     )
@@ -123,3 +137,8 @@ def _num_classes(raw: RawData) -> int:
     if raw.y_test is not None:
         top = max(top, int(raw.y_test.max(initial=-1)))
     return top + 1
+
+
+def _class_names(raw: RawData) -> list[str]:
+    """One name per class: the raw data's declared classes, else str(label) (integer labels)."""
+    return list(raw.classes) if raw.classes is not None else [str(i) for i in range(_num_classes(raw))]

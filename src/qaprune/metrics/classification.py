@@ -1,4 +1,5 @@
-"""Classification metrics (accuracy, macro one-vs-rest ROC AUC) and batched inference.
+"""Classification metrics (accuracy, balanced accuracy, per-class recall, macro one-vs-rest ROC
+AUC) and batched inference.
 
 Example:
     >>> import torch
@@ -32,6 +33,52 @@ def accuracy(logits: Tensor, y: Tensor) -> float:
     """Fraction of samples whose arg-max class is the label. logits (N, C), y (N,) -> 0..1."""
     _check_logits(logits, y)
     return (logits.argmax(dim=1) == y.to(logits.device)).double().mean().item()
+
+
+def per_class_recall(logits: Tensor, y: Tensor, *, class_names: list[str] | None = None) -> dict[str, float | None]:
+    """Recall of each class: the fraction of its samples predicted as it. logits (N, C), y (N,).
+
+    Keys are ``class_names`` (default str(i) for the C columns); None for a class absent from y.
+
+    Example:
+        >>> import torch
+        >>> logits = torch.tensor([[2.0, 0.0, 0.0], [2.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
+        >>> per_class_recall(logits, torch.tensor([0, 1, 1]), class_names=["a", "b", "c"])
+        {'a': 1.0, 'b': 0.5, 'c': None}
+    """
+    _check_logits(logits, y)
+    names = _names(class_names, logits.shape[1])
+    y = y.detach().to(logits.device).long()
+    if y.min() < 0 or y.max() >= len(names):
+        raise ValueError(f"y: labels must be in [0, {len(names)}), got {int(y.min())}..{int(y.max())}")
+    hits = (logits.argmax(dim=1) == y).long()
+    total = torch.bincount(y, minlength=len(names)).tolist()
+    correct = torch.bincount(y, weights=hits.double(), minlength=len(names)).tolist()
+    return {name: (correct[i] / total[i] if total[i] else None) for i, name in enumerate(names)}
+
+
+def balanced_accuracy(logits: Tensor, y: Tensor) -> float:
+    """Mean recall over the classes present in y (sklearn's ``balanced_accuracy_score``).
+    logits (N, C), y (N,) -> 0..1.
+
+    Example:
+        >>> import torch
+        >>> logits = torch.tensor([[2.0, 0.0], [2.0, 0.0], [2.0, 0.0], [0.0, 2.0]])
+        >>> balanced_accuracy(logits, torch.tensor([0, 0, 0, 1]))  # accuracy 1.0
+        1.0
+        >>> balanced_accuracy(logits, torch.tensor([0, 0, 1, 1]))  # (1 + 0.5) / 2
+        0.75
+    """
+    recalls = [r for r in per_class_recall(logits, y).values() if r is not None]
+    return float(sum(recalls) / len(recalls))
+
+
+def _names(class_names: list[str] | None, num_classes: int) -> list[str]:
+    if class_names is None:
+        return [str(i) for i in range(num_classes)]
+    if len(class_names) != num_classes:
+        raise ValueError(f"class_names: {len(class_names)} names for {num_classes} classes (logit columns)")
+    return [str(c) for c in class_names]
 
 
 def roc_auc(logits: Tensor, y: Tensor, *, num_classes: int) -> float:
