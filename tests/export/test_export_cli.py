@@ -18,7 +18,7 @@ RECIPE = {
     "name": "e",
     "data": {"name": "digits"},
     "model": {"name": "resnet8", "args": {"widths": [8, 16]}},
-    "quant": {"weight_bits": 4, "act_bits": 4, "per_channel": True},
+    "quant": {"weight_bits": 4, "act_bits": 4, "per_channel": True, "input_calibration": "max"},
     "prune": {"sparsity": 0.5},
 }
 
@@ -47,7 +47,7 @@ def run_dir(tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    "fmt,suffix", [("onnx", ".onnx"), ("qdq", ".qdq.onnx"), ("qonnx", ".qonnx.onnx"), ("qap", ".qap")]
+    "fmt,suffix", [("onnx", ".onnx"), ("qdq", ".qdq.onnx"), ("qonnx", ".qonnx.onnx"), ("qap", ".export.qap")]
 )
 def test_export_command(run_dir, fmt, suffix):
     res = CliRunner().invoke(app, ["export", str(run_dir), "--format", fmt, "--samples", "300"])

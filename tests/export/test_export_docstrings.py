@@ -10,6 +10,8 @@ import pytest
 MODULES = [
     "qaprune.export.lower",
     "qaprune.export.onnx_export",
+    "qaprune.export.graph",
+    "qaprune.export.ops",
     "qaprune.export.qdq",
     "qaprune.export.qonnx_export",
     "qaprune.export.verify",

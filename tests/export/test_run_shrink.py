@@ -54,8 +54,35 @@ def test_cli_shrink_writes_a_smaller_equivalent_model(run_dir, tmp_path):
     assert sum(s["removed"].values()) > 0 and s["flops_ratio"] > 1.5
     assert s["params_after"] < s["params_before"]
     assert "model output" in s["not_shrunk"]["fc3"]
-    assert (tmp_path / "m.onnx").stat().st_size > 0
+    assert (tmp_path / "m.onnx").stat().st_size == s["onnx_bytes"] > 0
+    v = s["verification"]  # the file, run by ONNX Runtime, against the run's (masked) model
+    assert v["passed"] and v["format"] == "onnx" and v["activations"]["unexplained"] == 0
+    assert s["onnx_export"].startswith("qaprune lowering") and not list(tmp_path.glob(".*.tmp"))
     assert {r["backend"] for r in s["latency"]} == {"torch", "ort"} and all(r["speedup"] > 0 for r in s["latency"])
+
+
+def test_shrink_keeps_no_file_that_fails_its_verification(run_dir, tmp_path, monkeypatch):
+    import numpy as np
+    from onnx import numpy_helper
+
+    import qaprune.export.onnx_export as onnx_export
+    from qaprune.export.verify import VerificationError
+
+    real = onnx_export.float_onnx
+
+    def corrupted(low):
+        proto, notes = real(low)
+        init = next(i for i in proto.graph.initializer if i.name.endswith("weight"))
+        init.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(init).astype(np.float32), init.name))
+        return proto, notes
+
+    monkeypatch.setattr(onnx_export, "float_onnx", corrupted)
+    before = (run_dir / "shrink.json").read_bytes() if (run_dir / "shrink.json").exists() else None
+    with pytest.raises(VerificationError, match=r"shrink: onnx: the exported file does not compute .*FAILED"):
+        shrink_run(run_dir, out=tmp_path / "bad.onnx", latency=False)
+    assert not any(tmp_path.iterdir())
+    after = (run_dir / "shrink.json").read_bytes() if (run_dir / "shrink.json").exists() else None
+    assert after == before  # shrink.json only records verified files
 
 
 def test_shrink_refuses_a_folder_without_a_run(tmp_path):

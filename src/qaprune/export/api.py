@@ -66,16 +66,20 @@ def export(
     shrink: bool = True,
     int4: bool = False,
     hls4ml: bool = False,
+    step: int | None = None,
 ) -> ExportResult:
     """Export a run directory (or a model with held-out inputs ``x``) and verify the file.
 
     format: "onnx" (baked float, pruned channels removed, activation quantizers as float ops),
     "qdq" (int8 QuantizeLinear/DequantizeLinear with the trained scales; ``int4``: ≤4-bit weights
     as INT4), "qonnx" (QONNX ``Quant`` nodes, any bit width, batch 1) or "qap" (the compact
-    artifact). out: default ``RUN_DIR/model<suffix>``; required for a model. x (N, ...): the
+    artifact). A run directory gives its delivered model, or its step ``step``. out: default
+    ``RUN_DIR/model<suffix>`` (``model.step_NNN<suffix>`` for a step; ``model.export.qap`` rather
+    than the run's own ``model.qap``); required for a model. x (N, ...): the
     verification inputs (a run uses the first ``samples`` of its test split). Raises
-    ``QapruneError`` when a layer cannot be expressed in the format (naming the layer and a
-    format that can) and ``VerificationError`` when the file does not compute what the model does.
+    ``QapruneError`` when a node or layer cannot be expressed in the format (naming it, its
+    module path and the formats that take the model) and ``VerificationError`` when the file
+    does not compute what the model does.
     ``hls4ml`` (qonnx only): also convert the file with hls4ml, compile its C++ emulation and
     record how it compares (informative, see ``verify.hls4ml_check``; tens of seconds).
 
@@ -94,24 +98,19 @@ def export(
     exporter = EXPORTERS.get(format)
     if hls4ml and format != "qonnx":
         raise QapruneError(f"export: the hls4ml comparison reads QONNX; use format 'qonnx', not {format!r}")
-    model, x, default_out, skeleton = _source(target, x, data_dir, samples)
-    if out is None and default_out is None:
+    model, x, default_out, skeleton = _source(target, x, data_dir, samples, step)
+    if out is not None:
+        path = Path(out)
+    elif default_out is not None:
+        path = _default_path(default_out, exporter.suffix)
+    else:
         raise QapruneError("export: out= is needed when exporting a model (not a run directory)")
-    path = Path(out) if out is not None else default_out.with_name(default_out.name + exporter.suffix)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        info = exporter.write(model, x, tmp, shrink=shrink, int4=int4)
-        check = exporter.verify(model, x, tmp, skeleton=skeleton, keep=info.pop("act_keep", None))
-        if not check.passed:
-            raise VerificationError(
-                f"{format}: the exported file does not compute what the PyTorch model "
-                f"computes: {check.summary()}; nothing was written"
-            )
-        size = tmp.stat().st_size
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    info, check, size = verified_file(
+        path,
+        lambda tmp: exporter.write(model, x, tmp, shrink=shrink, int4=int4),
+        lambda tmp, info: exporter.verify(model, x, tmp, skeleton=skeleton, keep=info.pop("act_keep", None)),
+        label=format,
+    )
     result = ExportResult(path, format, size, check, **info)
     if hls4ml and format == "qonnx":
         from qaprune.export.verify import hls4ml_check, torch_outputs
@@ -123,8 +122,56 @@ def export(
     return result
 
 
+def verified_file(
+    path: Path,
+    write: Callable[[Path], dict[str, Any]],
+    verify: Callable[[Path, dict[str, Any]], Verification],
+    *,
+    label: str,
+) -> tuple[dict[str, Any], Verification, int]:
+    """``write(tmp)`` a file under a temporary name beside ``path``, ``verify(tmp, what write
+    returned)`` it and rename it to ``path`` only when the verification passes; otherwise raise
+    ``VerificationError`` (starting with ``label``) and leave nothing behind. -> (what write
+    returned, the verification, the file's size in bytes).
+
+    Example:
+        >>> import tempfile
+        >>> import numpy as np
+        >>> from qaprune.export.verify import compare
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> ok = lambda p, info: compare(np.ones((2, 2)), np.ones((2, 2)), fmt="t", runtime="t", criterion="float")
+        >>> info, check, size = verified_file(Path(tmp.name) / "f", lambda p: p.write_text("ab") and {}, ok, label="t")
+        >>> check.passed, size, sorted(p.name for p in Path(tmp.name).iterdir())
+        (True, 2, ['f'])
+        >>> tmp.cleanup()
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        info = write(tmp)
+        check = verify(tmp, info)
+        if not check.passed:
+            raise VerificationError(
+                f"{label}: the exported file does not compute what the PyTorch model "
+                f"computes: {check.summary()}; nothing was written"
+            )
+        size = tmp.stat().st_size
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return info, check, size
+
+
+RUN_FILES = ("model.qap", "model.safetensors")  # what a run wrote itself: an export never replaces them
+
+
+def _default_path(stem: Path, suffix: str) -> Path:
+    path = stem.with_name(stem.name + suffix)
+    return path.with_name(f"{stem.name}.export{suffix}") if path.name in RUN_FILES else path
+
+
 def _source(
-    target, x: Tensor | None, data_dir: str | None, samples: int
+    target, x: Tensor | None, data_dir: str | None, samples: int, step: int | None = None
 ) -> tuple[nn.Module, Tensor, Path | None, Callable[[], nn.Module]]:
     """(model in eval mode on the CPU, verification inputs, default output stem, a fresh model of
     the same architecture for loading a .qap into)."""
@@ -136,9 +183,10 @@ def _source(
     from qaprune.rundir import build, load_run
 
     run_dir = Path(target)
-    recipe, data, model = load_run(run_dir, data_dir=data_dir)
+    recipe, data, model = load_run(run_dir, data_dir=data_dir, step=step)
     inputs = (x if x is not None else data.x_test)[:samples].cpu()
-    return model.cpu().eval(), inputs, run_dir / "model", lambda: build(recipe, data, torch.device("cpu"))
+    stem = run_dir / ("model" if step is None else f"model.step_{step:03d}")
+    return model.cpu().eval(), inputs, stem, lambda: build(recipe, data, torch.device("cpu"))
 
 
 def _poisoned(model: nn.Module) -> nn.Module:

@@ -12,6 +12,10 @@ class here (or anywhere, registered the same way):
 - ``qonnx``: QONNX ``Quant`` nodes of any bit width; qonnx's executor.
 - ``qap``: the compact artifact (``qaprune.storage``); qaprune's loader.
 
+onnx, qdq and qonnx share one lowering (``export.graph``, ``export.ops``). Where a format cannot
+write a node or a layer, the error names it and the formats that can, each found by building its
+file in memory (``Exporter.takes``), never by a fixed list.
+
 Heavy dependencies (onnx, onnxruntime, qonnx) are imported inside the methods.
 """
 
@@ -32,12 +36,18 @@ EXPORTERS: Registry = Registry("export format")
 
 
 class Exporter:
-    """A file format. ``suffix``: the default file ending; ``instead``: the formats to suggest
-    when a layer cannot be written in this one. Subclasses implement ``write`` and ``verify``."""
+    """A file format. ``suffix``: the default file ending; ``about``: what it is, in a few words
+    (said when it is suggested). Subclasses implement ``write`` and ``verify``, and ``takes``
+    where a model can be beyond them."""
 
     name = ""
     suffix = ""
-    instead = ""
+    about = ""
+
+    def takes(self, model: nn.Module, x: Tensor, low: Lowered | None) -> bool:
+        """Whether this format can write ``model`` (``low``: its lowering, None where that
+        failed), found by building the file in memory; nothing is written."""
+        return True
 
     def write(self, model: nn.Module, x: Tensor, path: Path, *, shrink: bool, int4: bool) -> dict[str, Any]:
         """Write ``model`` (eval, CPU) to ``path``; ``x`` (N, ...) are inputs it accepts. Returns
@@ -71,15 +81,23 @@ def register(name: str) -> Callable[[type[Exporter]], type[Exporter]]:
 
 
 def _lowered(fmt: Exporter, model: nn.Module, x: Tensor, *, shrink: bool) -> tuple[Lowered, dict[str, Any]]:
-    low = _unsupported_named(fmt, lambda: lower(model, x, shrink=shrink))
+    low = _unsupported_named(fmt, lambda: lower(model, x, shrink=shrink), model, x, None)
     return low, {"removed": low.removed, "not_shrunk": low.not_shrunk, "act_keep": low.act_keep}
 
 
-def _unsupported_named(fmt: Exporter, fn: Callable[[], Any]) -> Any:
+def _unsupported_named(fmt: Exporter, fn: Callable[[], Any], model: nn.Module, x: Tensor, low: Lowered | None) -> Any:
+    """``fn()``; an ``Unsupported`` becomes a ``QapruneError`` naming the formats that take the
+    model, each tried in memory (``Exporter.takes``)."""
     try:
         return fn()
     except Unsupported as exc:
-        raise QapruneError(f"export --format {fmt.name}: {exc}; export it with {fmt.instead}") from None
+        takers = [
+            f"--format {e.name} ({e.about})"
+            for e in map(EXPORTERS.get, EXPORTERS.names())
+            if e is not fmt and e.takes(model, x, low)
+        ]
+        hint = f"formats that take this model: {', '.join(takers)}" if takers else "no other format takes this model"
+        raise QapruneError(f"export --format {fmt.name}: {exc}; {hint}") from None
 
 
 def _save(proto: Any, path: Path) -> str:
@@ -134,18 +152,61 @@ class _OnnxGraph(Exporter):
 
 @register("onnx")
 class OnnxFloat(_OnnxGraph):
-    suffix, instead = ".onnx", "--format qap"
+    suffix, about = ".onnx", "float, and any operation torch.onnx.export handles"
 
     def write(self, model: nn.Module, x: Tensor, path: Path, *, shrink: bool, int4: bool) -> dict[str, Any]:
-        from qaprune.export.onnx_export import float_onnx, torch_onnx
+        from qaprune.export.onnx_export import float_onnx
 
-        low, info = _lowered(self, model, x, shrink=shrink)
+        low: Lowered | None = None
         try:
+            low = lower(model, x, shrink=shrink)
             proto, layers = float_onnx(low)
         except Unsupported as exc:  # anything torch.onnx can export
-            how = f"torch.onnx.export: {torch_onnx(low, str(path))} (qaprune lowering: {exc})"
-            return {**info, "how": how, "act_keep": None}
+            return self._fallback(model, x, path, low, exc, shrink=shrink)
+        info = {"removed": low.removed, "not_shrunk": low.not_shrunk, "act_keep": low.act_keep}
         return {**info, "how": _save(proto, path), "layers": layers}
+
+    def _fallback(
+        self, model: nn.Module, x: Tensor, path: Path, low: Lowered | None, why: Unsupported, *, shrink: bool
+    ) -> dict[str, Any]:
+        plain = low or _unsupported_named(self, lambda: lower(model, x, shrink=shrink, trace=False), model, x, None)
+        how = _unsupported_named(self, lambda: _torch_onnx(plain, path, why), model, x, low)
+        return {"removed": plain.removed, "not_shrunk": plain.not_shrunk, "how": how, "act_keep": None}
+
+    def takes(self, model: nn.Module, x: Tensor, low: Lowered | None) -> bool:
+        import tempfile
+
+        from qaprune.export.onnx_export import float_onnx
+
+        try:
+            if low is not None and low.graph is not None:
+                float_onnx(low)
+                return True
+        except Unsupported:
+            pass
+        try:  # torch.onnx.export's file is checked too: its TorchScript fallback may drop roundings
+            plain = low if low is not None else lower(model, x, shrink=False, trace=False)
+            with tempfile.TemporaryDirectory() as tmp:
+                _torch_onnx(plain, Path(tmp) / "m.onnx", None)
+                return self.verify(model, x, Path(tmp) / "m.onnx", skeleton=lambda: model, keep=None).passed
+        except Exception:
+            return False
+
+
+def _torch_onnx(low: Lowered, path: Path, why: Unsupported | None) -> str:
+    """Write ``low.model`` with torch.onnx.export; where that fails too, ``Unsupported`` names
+    the node the qaprune lowering could not write (``why``)."""
+    from qaprune.export.onnx_export import torch_onnx
+
+    try:
+        how = torch_onnx(low, str(path))
+    except Exception as exc:
+        if why is None:
+            raise
+        first = str(exc).strip().split("\n")[0][:200]
+        what = f"{why.what}; torch.onnx.export failed as well ({type(exc).__name__}: {first})"
+        raise Unsupported(why.layer, what, node=why.node, call=why.call) from None
+    return f"torch.onnx.export: {how}" + (f" (qaprune lowering: {why})" if why is not None else "")
 
 
 class _OnnxFile(_OnnxGraph):
@@ -156,14 +217,20 @@ class _OnnxFile(_OnnxGraph):
 
     def write(self, model: nn.Module, x: Tensor, path: Path, *, shrink: bool, int4: bool) -> dict[str, Any]:
         low, info = _lowered(self, model, x, shrink=shrink)
-        proto, layers = _unsupported_named(self, lambda: self.build(low, int4=int4))
+        proto, layers = _unsupported_named(self, lambda: self.build(low, int4=int4), model, x, low)
         return {**info, "how": _save(proto, path), "layers": layers}
+
+    def takes(self, model: nn.Module, x: Tensor, low: Lowered | None) -> bool:
+        try:
+            self.build(low if low is not None else lower(model, x, shrink=False), int4=False)
+        except Exception:  # Unsupported, or a lowering that fails otherwise
+            return False
+        return True
 
 
 @register("qdq")
 class OnnxQDQ(_OnnxFile):
-    suffix = ".qdq.onnx"
-    instead = "--format qonnx (any bit width) or --format onnx (float)"
+    suffix, about = ".qdq.onnx", "int8 QuantizeLinear/DequantizeLinear, weights and activations of 2-8 bits"
     criterion, tie_aware = "int8", False
 
     def build(self, low: Lowered, *, int4: bool) -> tuple[Any, dict[str, str]]:
@@ -174,8 +241,7 @@ class OnnxQDQ(_OnnxFile):
 
 @register("qonnx")
 class QONNX(_OnnxFile):
-    suffix = ".qonnx.onnx"
-    instead = "--format onnx (float, any operation torch.onnx.export handles) or --format qap"
+    suffix, about = ".qonnx.onnx", "QONNX Quant nodes, any bit width"
     executor = "qonnx"
 
     def build(self, low: Lowered, *, int4: bool) -> tuple[Any, dict[str, str]]:
@@ -186,12 +252,12 @@ class QONNX(_OnnxFile):
 
 @register("qap")
 class QAP(Exporter):
-    suffix = ".qap"
+    suffix, about = ".qap", "the compact artifact: the weights, any model"
 
     def write(self, model: nn.Module, x: Tensor, path: Path, *, shrink: bool, int4: bool) -> dict[str, Any]:
         from qaprune.storage import save_qap
 
-        save_qap(model, path, meta={"format": "qap", "exported_by": "qaprune.export"})
+        save_qap(model, path)  # the one writer: the same bytes as the run's model.qap and size_bytes
         return {"how": "qaprune.storage.save_qap"}
 
     def verify(self, model, x, path, *, skeleton, keep) -> Verification:

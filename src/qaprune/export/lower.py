@@ -18,6 +18,7 @@ from torch.nn.utils import parametrize
 
 from qaprune.errors import QapruneError
 from qaprune.export.shrink import unrounded
+from qaprune.param import WEIGHT_LAYERS
 from qaprune.quant.activations import QuantInput, QuantReLU
 
 ACT_QUANTS = (QuantReLU, QuantInput)
@@ -26,11 +27,23 @@ ALIASES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d)
 
 
 class Unsupported(QapruneError):
-    """A layer the chosen format cannot express; ``layer`` names it, ``what`` says why."""
+    """What a format cannot express: ``layer`` (a module path; "" for the model's own forward),
+    ``what`` says why; ``node`` (the torch.fx node) and ``call`` (its function or method) when
+    the operation is a call rather than a module.
 
-    def __init__(self, layer: str, what: str) -> None:
-        super().__init__(f"layer {layer!r}: {what}")
-        self.layer, self.what = layer, what
+    Example:
+        >>> str(Unsupported("blocks.0", "function roll has no ONNX lowering", node="roll", call="torch.roll"))
+        "fx node 'roll' (torch.roll in the forward of 'blocks.0'): function roll has no ONNX lowering"
+    """
+
+    def __init__(self, layer: str, what: str, *, node: str | None = None, call: str | None = None) -> None:
+        if node is None:
+            head = f"layer {layer!r}"
+        else:
+            where = f"the forward of {layer!r}" if layer else "the model's forward"
+            head = f"fx node {node!r} ({call + ' in ' if call else 'in '}{where})"
+        super().__init__(f"{head}: {what}")
+        self.layer, self.what, self.node, self.call = layer, what, node, call
 
 
 @dataclass(frozen=True)
@@ -79,7 +92,11 @@ class ActGrid:
 
 @dataclass
 class Lowered:
-    """A plain (baked, shrunk) model, its traced graph with shapes, and its quantizer grids."""
+    """A plain (baked, shrunk) model, its traced graph with shapes, and its quantizer grids.
+    Every node of ``graph`` has ``meta["tensor_meta"]`` (shapes at batch 2) where it is a tensor,
+    and ``meta["batch_major"]``: its dimension 0 is the batch (checked at batches 2 and 3), so
+    that reshapes keeping it can be written with a dynamic batch. ``graph`` is None when lowered
+    with ``trace=False``."""
 
     model: nn.Module
     graph: fx.GraphModule
@@ -88,14 +105,13 @@ class Lowered:
     biases: dict[str, WeightGrid] = field(default_factory=dict)
     removed: dict[str, int] = field(default_factory=dict)
     not_shrunk: dict[str, str] = field(default_factory=dict)
-    input_quant: str | None = None  # a QuantInput applied by a forward pre-hook (not in the graph)
     act_keep: dict[str, Tensor] | None = field(default_factory=dict)  # act quantizer → original indices
     #   of the input channels it still has after shrinking (only those that lost some; None: unknown)
 
 
-def lower(model: nn.Module, x: Tensor, *, shrink: bool = True) -> Lowered:
+def lower(model: nn.Module, x: Tensor, *, shrink: bool = True, trace: bool = True) -> Lowered:
     """Bake a CPU copy of ``model`` (which is not changed), remove its pruned channels when
-    ``shrink``, trace it.
+    ``shrink``, trace it with torch.fx (unless ``trace`` is False).
     x (N, ...): example inputs (shapes, shrink's check, matching channels).
 
     Example:
@@ -120,13 +136,9 @@ def lower(model: nn.Module, x: Tensor, *, shrink: bool = True) -> Lowered:
         else:
             low.model, low.removed, low.not_shrunk = res.model.eval(), res.removed, res.not_shrunk
             _remap_channels(low, baked, x)
-            low.act_keep = _act_channels(low.model, baked, x)
-    low.graph = _trace(low.model, x)
-    quant = getattr(low.model, "input_quant", None)
-    if isinstance(quant, QuantInput) and not any(
-        n.op == "call_module" and n.target == "input_quant" for n in low.graph.graph.nodes
-    ):
-        low.input_quant = "input_quant"
+            low.act_keep = act_channels(low.model, baked, x)
+    if trace:
+        low.graph = _trace(low.model, x)
     return low
 
 
@@ -171,9 +183,10 @@ def _remap_channels(low: Lowered, before: nn.Module, x: Tensor) -> None:
 
 
 @torch.no_grad()
-def _act_channels(after: nn.Module, before: nn.Module, x: Tensor) -> dict[str, Tensor] | None:
-    """Per activation quantizer that lost input channels, the original indices of those left
-    (matching its inputs before and after shrinking); None when they cannot be matched."""
+def act_channels(after: nn.Module, before: nn.Module, x: Tensor) -> dict[str, Tensor] | None:
+    """Per activation quantizer of the shrunk model ``after`` that lost input channels, the
+    indices in ``before`` of those left (matching its inputs on ``x`` before and after
+    shrinking); None when they cannot be matched. The ``keep`` of the teacher-forced check."""
     names = [n for n, m in after.named_modules() if isinstance(m, ACT_QUANTS)]
     a, b = _channels(after, x, names, inputs=True), _channels(before, x, names, inputs=True)
     try:
@@ -229,23 +242,57 @@ def _match_rows(after: Tensor, before: Tensor, name: str) -> list[int]:
 
 
 class _Tracer(fx.Tracer):
-    """Activation quantizers and modules without children are leaves: their type decides."""
+    """Leaves (one node each, their type decides the lowering): activation quantizers, Linear/Conv
+    layers, batch norms and torch.nn's own modules. The user's modules are traced through, so
+    that their operations are lowered one by one (a ``Swish`` becomes ``x * sigmoid(x)``);
+    ``opaque``: modules without children are leaves too (for forwards fx cannot trace)."""
+
+    def __init__(self, *, opaque: bool = False) -> None:
+        super().__init__()
+        self.opaque = opaque
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, ACT_QUANTS) or not any(True for _ in m.children()) or super().is_leaf_module(m, qualname)
+        if isinstance(m, (*ACT_QUANTS, *WEIGHT_LAYERS, *BATCHNORMS)):
+            return True
+        return (self.opaque and not any(True for _ in m.children())) or super().is_leaf_module(m, qualname)
 
 
 def _trace(model: nn.Module, x: Tensor) -> fx.GraphModule:
-    from torch.fx.passes.shape_prop import ShapeProp
-
     try:
         graph = _Tracer().trace(model)
-    except Exception as exc:
-        raise Unsupported(type(model).__name__, f"torch.fx cannot trace the model ({exc})") from None
+    except Exception:  # a module whose forward fx cannot trace: keep such modules whole
+        try:
+            graph = _Tracer(opaque=True).trace(model)
+        except Exception as exc:
+            raise Unsupported(type(model).__name__, f"torch.fx cannot trace the model ({exc})") from None
     gm = fx.GraphModule(model, graph)
-    with torch.no_grad():
-        ShapeProp(gm).propagate(x[:2])
+    _propagate(gm, x)
     return gm
+
+
+@torch.no_grad()
+def _propagate(gm: fx.GraphModule, x: Tensor) -> None:
+    """Shapes at batch 3 and then 2 (kept in ``tensor_meta``); ``batch_major``: dimension 0 of
+    the node's tensor followed the batch, the other dimensions stayed."""
+    from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+
+    three = x[torch.arange(3) % len(x)]
+    try:
+        ShapeProp(gm).propagate(three)
+    except Exception:  # a shape that only fits some batch sizes: no reshape will be lowered
+        shapes = {}
+    else:
+        shapes = {n: tuple(n.meta["tensor_meta"].shape) for n in gm.graph.nodes if _is_tensor(n, TensorMetadata)}
+    for n in gm.graph.nodes:
+        n.meta.pop("tensor_meta", None)
+    ShapeProp(gm).propagate(three[:2])
+    for n in gm.graph.nodes:
+        two = tuple(n.meta["tensor_meta"].shape) if _is_tensor(n, TensorMetadata) else None
+        n.meta["batch_major"] = two is not None and len(two) > 0 and two[0] == 2 and shapes.get(n) == (3, *two[1:])
+
+
+def _is_tensor(node: fx.Node, kind: type) -> bool:
+    return isinstance(node.meta.get("tensor_meta"), kind)
 
 
 def fused(mod: nn.Module, bn: nn.Module | None) -> tuple[Tensor, Tensor | None, Tensor | None]:

@@ -4,7 +4,8 @@ Weights are stored as integer codes with the trained scale, per tensor or per ou
 zero point 0 (int8; int4 from opset 21 on request). A batch norm after a layer is folded into
 its per-channel scale, so the codes stay the trained ones. Activation quantizers become
 ``Q → DQ`` with their step (uint8 for unsigned codes, int8 for signed, zero point 0); max
-pooling and flattening keep the grid (``Q → DQ`` again). This is ONNX Runtime's QDQ pattern:
+pooling, reshapes, slices and concatenations of tensors on one grid keep it (``Q → DQ`` again),
+while sums and concatenations of differently quantized tensors are float values. This is ONNX Runtime's QDQ pattern:
 a Conv/Gemm between dequantized inputs with a quantize on its output runs as an int8 kernel
 (QLinearConv, QGemm). 2..8-bit codes fit int8 exactly; wider ones do not.
 
@@ -24,8 +25,8 @@ import torch
 from onnx import ModelProto, TensorProto, helper
 from torch import Tensor, nn
 
+from qaprune.export.graph import Emitter, GraphBuilder, Site, build_graph
 from qaprune.export.lower import ActGrid, Lowered, Unsupported, fused
-from qaprune.export.onnx_export import Emitter, GraphBuilder, Site, build_graph
 
 INT32_MAX = 2**31 - 1
 WEIGHT_CODE_MAX = 64  # u8 (≤255) · s8 (≤64), summed in pairs: within int16 (AVX2 without VNNI)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from onnx import ModelProto
 
+from qaprune.export.graph import Emitter, GraphBuilder, Site, build_graph
 from qaprune.export.lower import ActGrid, Lowered, WeightGrid
-from qaprune.export.onnx_export import Emitter, GraphBuilder, Site, build_graph
 
 DOMAIN = "qonnx.custom_op.general"
 

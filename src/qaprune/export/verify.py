@@ -315,7 +315,7 @@ def taps_of(path: str | Path) -> dict[str, str]:
 
     import onnx
 
-    from qaprune.export.onnx_export import TAPS_KEY
+    from qaprune.export.graph import TAPS_KEY
 
     props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
     return json.loads(props.get(TAPS_KEY, "{}"))
