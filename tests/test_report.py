@@ -245,3 +245,60 @@ def test_pareto_front_hand_made() -> None:
     assert pareto_front([(5.0, 0.7), (5.0, 0.7), (5.0, 0.6), (float("nan"), 0.99)]) == [0, 1]
     # same accuracy, more BOPs: dominated
     assert pareto_front([(2.0, 0.9), (1.0, 0.9)]) == [1]
+
+
+def _selected_results(within: bool = True) -> dict:
+    """A run that delivered step 1 against a dense reference, with per-class recall; class 'Z'
+    has 3 test samples."""
+    r = _results()
+    r["selected"] = {"step": 1, "within_tolerance": within, "accuracy": 0.955, "reference_accuracy": 0.958,
+                     "max_drop": 0.5, "metric": "accuracy", "bops_reduction": 29.1}  # fmt: skip
+    r["metrics"].update(per_class_recall={"A": 0.97, "Z": 0.33}, test_samples_per_class={"A": 150, "Z": 3})
+    r["reference"] = {"metrics": {"accuracy": 0.958, "per_class_recall": {"A": 0.96, "Z": 0.67}}}
+    return r
+
+
+def test_the_report_says_which_step_is_delivered_and_flags_rare_classes(tmp_path: Path) -> None:
+    from qaprune.report import class_rows
+
+    page = write_report(_write(tmp_path / "run", _selected_results())).read_text(encoding="utf-8")
+    assert "Delivered: step 1, the most compressed step within 0.5 points" in page
+    rows = {r["class"]: r for r in class_rows(_selected_results())}
+    assert rows["Z"]["note"] == "only 3 test samples" and rows["A"]["note"] == ""
+    assert rows["Z"]["change"] == pytest.approx(0.33 - 0.67) and "<tr class=flag>" in page
+    assert "Lowest recall: class Z" in page
+    bad = write_report(_write(tmp_path / "bad", _selected_results(within=False))).read_text(encoding="utf-8")
+    assert 'class="warn">No step is within 0.5 points' in bad
+
+
+def test_the_plot_shows_reference_band_and_delivered_point_with_the_legend_off_the_data() -> None:
+    from qaprune.report.plots import accuracy_vs_bops_figure
+
+    fig, has_data = accuracy_vs_bops_figure(_selected_results())
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert has_data and "32-bit dense reference (0.9580)" in labels and "within 0.5 points" in labels
+    assert "delivered (step 1)" in labels and "pruning steps" in labels
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    legend, axes = ax.get_legend().get_window_extent(renderer), ax.get_window_extent(renderer)
+    assert legend.x0 >= axes.x1  # beside the axes, over no data
+
+
+def test_a_search_report_shows_the_constraint_and_progress_without_a_feasible_trial(tmp_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from qaprune.autosearch.report import _accuracy_constraint, plot_progress
+    from qaprune.recipe.search import SearchSpec
+
+    spec = SearchSpec(space={"prune.sparsity": {"low": 0.1, "high": 0.9}}, objectives=["accuracy", "bops"])
+    rows = [{"number": k, "values": [0.5 + k / 100, 1e5 / (k + 1)], "feasible": False} for k in range(4)]
+    assert plot_progress(rows, spec, tmp_path / "hv.png").read_bytes().startswith(PNG_MAGIC)
+    ax = Figure().add_subplot()
+    _accuracy_constraint(ax, [("accuracy", 0.945, None), ("bops", None, 1e6)])
+    assert [line.get_label() for line in ax.get_lines()] == ["constraint: accuracy ≥ 0.9450"]

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from qaprune.autosearch.front import best_so_far, hypervolume_curve, losses, non_dominated
+from qaprune.autosearch.front import hypervolume_curve, losses, non_dominated
 from qaprune.autosearch.objectives import feasible
 from qaprune.autosearch.space import decode_params, trial_recipe
 from qaprune.io import write_json
@@ -99,10 +99,12 @@ def _figure(xlabel: str, ylabel: str, title: str) -> tuple[Any, Any]:
     return fig, ax
 
 
-def plot_front(rows: list[dict], pareto: list[dict], x: str, path: Path, *, dense: dict | None = None) -> Path | None:
+def plot_front(
+    rows: list[dict], pareto: list[dict], x: str, path: Path, *, dense: dict | None = None, bounds: list | None = None
+) -> Path | None:
     """Accuracy vs metric ``x`` (log scale): every finished trial, the 2-D front of the feasible
     ones, and the search's Pareto-optimal trials starred. None when no trial has ``x``."""
-    from qaprune.report import pareto_front
+    from qaprune.report.plots import pareto_front
 
     pts = [r for r in rows if x in r["metrics"] and "accuracy" in r["metrics"] and r["metrics"][x] > 0]
     if not pts:
@@ -140,10 +142,25 @@ def plot_front(rows: list[dict], pareto: list[dict], x: str, path: Path, *, dens
             label="Pareto-optimal (objectives)",
         )
     _dense_marker(ax, dense, x)
+    _accuracy_constraint(ax, bounds or [])
     ax.set_xscale("log")
-    ax.legend(fontsize=8)
+    _legend(ax)
     fig.savefig(path, dpi=110, format="png")
     return path
+
+
+def _legend(ax: Any) -> None:
+    """The legend beside the axes, never over the trials."""
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+
+
+def _accuracy_constraint(ax: Any, bounds: list) -> None:
+    """The accuracy floor of the constraints (a feasible trial lies on or above it)."""
+    for metric, low, high in bounds:
+        if metric == "accuracy" and low is not None:
+            ax.axhline(low, color="C3", linestyle="--", linewidth=1, label=f"constraint: accuracy ≥ {low:.4f}")
+        if metric == "accuracy" and high is not None:
+            ax.axhline(high, color="C3", linestyle=":", linewidth=1, label=f"constraint: accuracy ≤ {high:.4f}")
 
 
 def _dense_marker(ax: Any, dense: dict | None, x: str) -> None:
@@ -156,19 +173,48 @@ def _dense_marker(ax: Any, dense: dict | None, x: str) -> None:
 
 def plot_progress(rows: list[dict], spec: SearchSpec, path: Path) -> Path | None:
     """Hypervolume (several objectives) or best value (one) of the feasible trials so far,
-    against trial number."""
-    done = [r for r in rows if r["feasible"] and r["values"] is not None]
+    against trial number. Every finished trial is a point: while no trial is feasible the
+    hypervolume is 0 (and the plot says so); None only when no trial has finished."""
+    done = [r for r in rows if r["values"] is not None]
     if not done:
         return None
+    feasible = [r["feasible"] for r in done]
+    curve: list[float | None] | list[float]
     if len(spec.metrics) == 1:
-        curve, label = best_so_far([r["values"][0] for r in done], spec.directions[0]), f"best {spec.metrics[0]}"
+        values = [r["values"][0] if ok else None for r, ok in zip(done, feasible)]
+        curve, label = _best_feasible(values, spec.directions[0]), f"best feasible {spec.metrics[0]}"
     else:
-        curve = hypervolume_curve([losses(r["values"], spec.directions) for r in done])
+        curve = _hypervolume_feasible([losses(r["values"], spec.directions) for r in done], feasible)
         label = "hypervolume (normalized objectives, reference 1.1)"
     fig, ax = _figure("trial", label, "search progress")
-    ax.plot([r["number"] for r in done], curve, "o-", markersize=3)
+    ax.plot([r["number"] for r in done], curve, "o-", markersize=3, label="feasible trials so far")
+    if not any(feasible):
+        ax.text(0.5, 0.5, "no feasible trial yet", ha="center", transform=ax.transAxes, color="C3")
+    _legend(ax)
     fig.savefig(path, dpi=110, format="png")
     return path
+
+
+def _best_feasible(values: list[float | None], direction: str) -> list[float | None]:
+    """Best feasible value after each trial (None until the first feasible one)."""
+    out: list[float | None] = []
+    best: float | None = None
+    for v in values:
+        if v is not None:
+            best = v if best is None else (max(best, v) if direction == "maximize" else min(best, v))
+        out.append(best)
+    return out
+
+
+def _hypervolume_feasible(points: list[list[float]], feasible: list[bool]) -> list[float]:
+    """After each trial, the hypervolume of the feasible points so far (``hypervolume_curve``
+    over the feasible ones, held between them; 0 before the first)."""
+    curve = hypervolume_curve([p for p, ok in zip(points, feasible) if ok])
+    out, k = [], 0
+    for ok in feasible:
+        k += ok
+        out.append(curve[k - 1] if k else 0.0)
+    return out
 
 
 # ----------------------------------------------------------------------------- page
@@ -199,7 +245,7 @@ def write_search_report(
     space: dict | None = None,
 ) -> Path:
     """Write the plots, ``trials.json``, ``pareto.json`` and ``search.html`` into ``out``."""
-    from qaprune.report import _columns, _img, _kv_table, _page, _table
+    from qaprune.report.markup import columns, img, kv_table, page, table
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -207,9 +253,11 @@ def write_search_report(
     pareto = pareto_rows(rows, spec)
     write_json(out / "trials.json", rows)
     write_json(out / "pareto.json", [_summary(r) for r in pareto])
-    pngs = [p for x in FRONT_AXES if (p := plot_front(rows, pareto, x, out / f"search_{x}.png", dense=dense))]
+    pngs = [
+        p for x in FRONT_AXES if (p := plot_front(rows, pareto, x, out / f"search_{x}.png", dense=dense, bounds=bounds))
+    ]
     progress = plot_progress(rows, spec, out / "search_hypervolume.png")
-    table = _table_rows(pareto, spec, exported or {})
+    pareto_table = _table_rows(pareto, spec, exported or {})
     states = {s: sum(r["state"] == s for r in rows) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")}
     summary = {
         "study": study.study_name,
@@ -222,11 +270,11 @@ def write_search_report(
     }
     body = [
         "<h2>Study</h2>",
-        _kv_table(summary),
-        *(_img(p, p.stem) for p in pngs),
-        *([_img(progress, "progress")] if progress else []),
+        kv_table(summary),
+        *(img(p, p.stem) for p in pngs),
+        *([img(progress, "progress")] if progress else []),
         f"<h2>Pareto-optimal configurations ({len(pareto)})</h2>",
-        _table(table, _columns(table, [])),
+        table(pareto_table, columns(pareto_table, [])),
     ]
     if bound_runs:
         flat = [
@@ -239,9 +287,9 @@ def write_search_report(
             }
             for b in bound_runs
         ]
-        body += ["<h2>Sparsity bound (bisection runs)</h2>", _table(flat, _columns(flat, []))]
+        body += ["<h2>Sparsity bound (bisection runs)</h2>", table(flat, columns(flat, []))]
     path = out / "search.html"
-    path.write_text(_page(f"search: {study.study_name}", "\n".join(body)), encoding="utf-8")
+    path.write_text(page(f"search: {study.study_name}", "\n".join(body)), encoding="utf-8")
     return path
 
 
