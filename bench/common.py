@@ -15,6 +15,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
+# A benchmark that studies given steps (a variant at a sparsity) and trains its own dense
+# baseline in the same run: deliver the last step, no cached reference (``select`` of a recipe).
+FIXED_STEP = ["select.reference=none", "select.step=last"]
 # What the benchmarks write themselves: left out of ``dirty`` and ``tree``.
 OWN_OUTPUT = ("bench/results",)
 

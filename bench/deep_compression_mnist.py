@@ -42,7 +42,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import best_within, machine, table, write_results
+from common import FIXED_STEP, best_within, machine, table, write_results
 
 from qaprune.compress import cluster_k
 from qaprune.recipe import Recipe
@@ -100,7 +100,9 @@ VARIANTS: dict[str, list[Variant]] = {
 def run_variant(model: str, variant: Variant, args: argparse.Namespace) -> dict[str, Any]:
     """Run one variant; its accuracy, the real size of its ``model.qap`` and how each tensor was
     stored; the artifact is loaded back into a fresh model and re-scored on the test set."""
-    recipe = Recipe.load(RECIPES[model]).override([*variant.sets, f"name={model}-{variant.name}", *args.set])
+    recipe = Recipe.load(RECIPES[model]).override(
+        [*FIXED_STEP, *variant.sets, f"name={model}-{variant.name}", *args.set]
+    )
     out = args.runs_dir / model / variant.name
     clean(out)
     t0 = time.perf_counter()

@@ -53,7 +53,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import machine, table, write_results
+from common import FIXED_STEP, machine, table, write_results
 
 import qaprune
 from qaprune.export.shrink import shrink
@@ -105,7 +105,7 @@ def train(net: str, recipe: Recipe, runs_dir: Path, data_dir: str | None, reuse:
     that earlier run's, measured with the code it ran with, not this checkout's)."""
     out: dict[str, Any] = {}
     for kind, sets in (("dense", DENSE), ("qap", [])):
-        r = recipe.override([*sets, f"name={recipe.name}-{kind}"])
+        r = recipe.override([*FIXED_STEP, *sets, f"name={recipe.name}-{kind}"])
         run_dir = runs_dir / f"{net}-{kind}"
         t0 = time.perf_counter()
         reused = reuse and (run_dir / "results.json").is_file() and Recipe.load(run_dir / "recipe.yaml") == r

@@ -34,7 +34,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import best_within, machine, table, write_results
+from common import FIXED_STEP, best_within, machine, table, write_results
 
 from qaprune.recipe import Recipe
 from qaprune.rundir import clean
@@ -92,7 +92,7 @@ def run_all(runs: dict, *, data_dir: str, runs_dir: Path, common: list[str]) -> 
         clean(runs_dir / name)
         t0, c0 = time.perf_counter(), time.process_time()
         res = run(
-            base.override(common + ov + [f"name=mixed-{name}"]),
+            base.override(FIXED_STEP + common + ov + [f"name=mixed-{name}"]),
             out=runs_dir / name,
             data_dir=data_dir,
             log=lambda *_: None,

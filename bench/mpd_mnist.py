@@ -37,7 +37,7 @@ from torch import nn
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import machine, table, write_results
+from common import FIXED_STEP, machine, table, write_results
 
 from qaprune.export.shrink import shrink
 from qaprune.metrics.latency import measure_latency
@@ -80,7 +80,7 @@ def train_pair(variant: str, extra: list[str], seed: int, args: argparse.Namespa
                 f"train.distill={{teacher: {row['dense_dir']}, temperature: {args.distill[0]}, "
                 f"weight: {args.distill[1]}}}",
             ]
-        recipe = Recipe.load(RECIPE).override([*extra, *sets, f"seed={seed}", f"name={name}", *args.set])
+        recipe = Recipe.load(RECIPE).override([*FIXED_STEP, *extra, *sets, f"seed={seed}", f"name={name}", *args.set])
         out = args.runs_dir / name
         clean(out)
         t0 = time.perf_counter()

@@ -21,7 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import best_within, machine, table, write_results
+from common import FIXED_STEP, best_within, machine, table, write_results
 
 from qaprune.prune.schedules import steps
 from qaprune.recipe import Recipe
@@ -63,7 +63,9 @@ def run_qaprune(recipes: dict[str, Recipe], *, data_dir: str, runs_dir: Path, ov
     for name, recipe in recipes.items():
         clean(runs_dir / name)
         t0 = time.perf_counter()
-        res = run(recipe.override(overrides), out=runs_dir / name, data_dir=data_dir, log=lambda *_: None)
+        res = run(
+            recipe.override([*FIXED_STEP, *overrides]), out=runs_dir / name, data_dir=data_dir, log=lambda *_: None
+        )
         results[name] = res.results
         print(
             f"{name:<16} {time.perf_counter() - t0:7.1f} s  final accuracy {res.metrics['accuracy']:.4f} "

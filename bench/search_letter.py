@@ -18,7 +18,7 @@ Budget: every trial of the searches, every grid point and every width trial is t
 letter_qap.yaml's training (at most 150 epochs, early stopping with patience 20) as one training
 run with cubic (Zhu & Gupta) pruning to the trial's sparsity over epochs 5..24 (``BUDGET``), one
 torch thread: 10-20 s a trial on one core. The 32-bit dense reference is the same recipe without
-quantization and pruning (``qaprune.autosearch.space.dense_recipe``), trained in the same run;
+quantization and pruning (``qaprune.reference.dense_recipe``), trained in the same run;
 every BOPs reduction is against its BOPs and every accuracy drop against its test accuracy (the
 ``accuracy`` of results.json, the metric the search's objective reads).
 
@@ -92,11 +92,12 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import RESULTS, best_within, machine, merged_machine, table, write_results
+from common import FIXED_STEP, RESULTS, best_within, machine, merged_machine, table, write_results
 
 from qaprune.autosearch.front import hypervolume
-from qaprune.autosearch.space import dense_recipe, trial_recipe
+from qaprune.autosearch.space import trial_recipe
 from qaprune.recipe import Recipe
+from qaprune.reference import dense_recipe
 from qaprune.rundir import clean
 from qaprune.runner import run
 
@@ -156,6 +157,7 @@ def finished(run_dir: Path, recipe: Recipe) -> dict | None:
 
 def run_once(recipe: Recipe, run_dir: Path, args) -> dict:
     """Run ``recipe`` into ``run_dir`` (or read back the finished run); -> results.json."""
+    recipe = recipe.override(FIXED_STEP)
     res = finished(run_dir, recipe)
     if res is None:
         clean(run_dir)

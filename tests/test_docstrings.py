@@ -35,6 +35,8 @@ MODULES = [
     "qaprune.prune.allocation",
     "qaprune.methods",
     "qaprune.rundir",
+    "qaprune.select",
+    "qaprune.reference",
 ]
 
 

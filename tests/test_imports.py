@@ -28,6 +28,8 @@ UPPER = {
     "qaprune.cli",
     "qaprune.autosearch",
     "qaprune.methods",
+    "qaprune.reference",
+    "qaprune.select",
 }
 # Plug-ins and the floors under them: none of them may reach UPPER, directly or through others.
 PLUGINS = [

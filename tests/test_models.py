@@ -153,3 +153,53 @@ def test_user_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_user_factory_import_error() -> None:
     with pytest.raises(RecipeError, match="model.name: cannot import 'qap_no_such_module_xyz'"):
         build_model("qap_no_such_module_xyz:f", input_shape=(4,), num_classes=3)
+
+
+USER_MODULE = """
+    import torch
+    from torch import nn
+
+    def plain(in_features, n_classes):                 # positional names a user would pick
+        return nn.Sequential(nn.Linear(in_features, 8), nn.ReLU(), nn.Linear(8, n_classes))
+
+    class Conv1dNet(nn.Module):                         # a class is a factory too
+        def __init__(self, in_channels, num_classes, width=4):
+            super().__init__()
+            self.conv = nn.Conv1d(in_channels, width, 3, padding=1)
+            self.fc = nn.Linear(width, num_classes)
+
+        def forward(self, x):
+            x = x.unsqueeze(1) if x.dim() == 2 else x
+            return self.fc(torch.relu(self.conv(x)).mean(-1))
+
+    def needs_depth(in_features, num_classes, depth):
+        return nn.Linear(in_features, num_classes)
+"""
+
+
+def test_factories_get_the_arguments_they_declare(tmp_path: Path) -> None:
+    (tmp_path / "qap_sig_models.py").write_text(textwrap.dedent(USER_MODULE))
+    m = build_model("qap_sig_models:plain", input_shape=(9,), num_classes=6, search_path=[tmp_path])
+    assert (m[0].in_features, m[2].out_features) == (9, 6)
+    net = build_model("qap_sig_models:Conv1dNet", input_shape=(12,), num_classes=3, search_path=[tmp_path], width=5)
+    assert net.conv.in_channels == 1 and net.conv.out_channels == 5 and net(torch.randn(2, 12)).shape == (2, 3)
+    with pytest.raises(RecipeError, match=r"needs depth: not filled from the data .* give it in model.args"):
+        build_model("qap_sig_models:needs_depth", input_shape=(9,), num_classes=6, search_path=[tmp_path])
+    with pytest.raises(RecipeError, match="takes no argument hidden"):
+        build_model("qap_sig_models:plain", input_shape=(9,), num_classes=6, search_path=[tmp_path], hidden=[4])
+
+
+def test_a_user_module_is_found_beside_the_recipe_and_recorded(tmp_path: Path, monkeypatch) -> None:
+    from qaprune.rundir import model_search_path, resolve_recipe
+
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "qap_beside_models.py").write_text(textwrap.dedent(USER_MODULE))
+    (folder / "r.yaml").write_text("model: {name: 'qap_beside_models:plain'}\n")
+    monkeypatch.chdir(tmp_path)  # not the recipe's folder, and no PYTHONPATH
+    recipe = resolve_recipe(folder / "r.yaml")
+    assert recipe.model.path == str(folder.resolve())
+    m = build_model(recipe.model.name, input_shape=(4,), num_classes=2, search_path=model_search_path(recipe))
+    assert m[0].in_features == 4
+    with pytest.raises(RecipeError, match=r"cannot import 'qap_nowhere_models' \(looked in .*project"):
+        build_model("qap_nowhere_models:f", input_shape=(4,), num_classes=2, search_path=[folder])

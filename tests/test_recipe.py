@@ -313,7 +313,8 @@ def test_unknown_top_level_lists_sections() -> None:
     with pytest.raises(RecipeError) as info:
         Recipe.parse({"epoch": 3})
     assert str(info.value) == (
-        "recipe.epoch: unknown field; allowed: name, seed, device, data, model, quant, prune, train, layers, search"
+        "recipe.epoch: unknown field; allowed: "
+        "name, seed, device, data, model, quant, prune, train, layers, select, search"
     )
 
 

@@ -21,6 +21,9 @@ QAP = {
     "quant": {"weight_bits": 6, "act_bits": 6},
     "prune": {"sparsity": 0.6, "rate": 0.3},
     "train": {"epochs": 3, "batch_size": 128, "patience": None},
+    # every step within tolerance: the last (most compressed) step is delivered; selection
+    # against the dense reference has tests of its own below
+    "select": {"reference": "none", "max_drop": 100.0},
 }
 
 
@@ -226,3 +229,101 @@ def test_a_teacher_run_is_loaded_with_this_runs_data_dir(tmp_path, monkeypatch):
     recipe = {**QAP, "train": {**QAP["train"], "distill": {"teacher": str(teacher_dir)}}}
     runner.run(recipe, out=tmp_path / "student", data_dir=str(tmp_path / "data"), log=lambda *_: None)
     assert calls == [(teacher_dir, str(tmp_path / "data"))]  # where this run found its data
+
+
+# --- the operating point: reference, selection, early stop, --step ------------------------------
+SELECTING = {**QAP, "name": "sel", "prune": {"sparsity": 0.97, "rate": 0.45, "of": "remaining"}, "select": {}}
+
+
+def _logged() -> tuple[list[str], object]:
+    lines: list[str] = []
+    return lines, lines.append
+
+
+def test_the_run_delivers_the_selected_step_against_the_dense_reference(tmp_path):
+    lines, log = _logged()
+    res = runner.run(SELECTING, out=tmp_path / "r", log=log)
+    results, d = res.results, tmp_path / "r"
+    sel, ref = results["selected"], results["reference"]
+    assert any("reference: training the 32-bit dense model" in line for line in lines)
+    assert ref["metrics"]["accuracy"] == sel["reference_accuracy"] and 0 < ref["val"]["accuracy"] <= 1
+    assert sel["max_drop"] == 0.5 and sel["metric"] == "accuracy"
+    floor = ref["val"]["accuracy"] - 0.005
+    entries = {e["step"]: e for e in results["history"]}
+    within = [e for e in results["history"] if e["val_accuracy"] >= floor - 1e-12]
+    if within:
+        assert (
+            sel["within_tolerance"]
+            and sel["step"] == min(within, key=lambda e: (e["bops"], -e["val_accuracy"]))["step"]
+        )
+    else:
+        assert not sel["within_tolerance"] and any("no step within 0.5 points" in line for line in lines)
+    chosen = entries[sel["step"]]
+    assert results["metrics"]["accuracy"] == pytest.approx(chosen["accuracy"]) == sel["accuracy"]
+    assert results["metrics"]["bops"] == pytest.approx(chosen["bops"])
+    delivered = load_tensors(d / "model.safetensors")
+    step_file = load_tensors(d / "checkpoints" / f"step_{sel['step']:03d}.safetensors")
+    assert delivered.keys() == step_file.keys() and all(torch.equal(delivered[k], step_file[k]) for k in delivered)
+    again = rundir.measure_saved(d)
+    assert again["accuracy"] == pytest.approx(results["metrics"]["accuracy"])
+    last = max(entries)
+    assert rundir.measure_saved(d, step=last)["accuracy"] == pytest.approx(entries[last]["accuracy"])
+    with pytest.raises(RecipeError, match=r"--step 99: .* has no such step; steps: 0, 1"):
+        rundir.load_run(d, step=99)
+
+
+def test_the_reference_is_cached_and_shared_by_runs_of_the_same_base(tmp_path):
+    runner.run(SELECTING, out=tmp_path / "a", log=lambda *_: None)
+    lines, log = _logged()
+    other = {**SELECTING, "quant": {"weight_bits": 4, "act_bits": 8}, "prune": {"sparsity": 0.5}}
+    res = runner.run(other, out=tmp_path / "b", log=log)  # other bits and sparsity: the same dense model
+    assert any(line.startswith("reference: reusing") for line in lines)
+    assert not any("training the 32-bit dense" in line for line in lines)
+    first = json.loads((tmp_path / "a" / "results.json").read_text())["reference"]
+    assert res.results["reference"]["key"] == first["key"]
+    longer = {**SELECTING, "train": {**SELECTING["train"], "epochs": 4}}  # another budget: another reference
+    lines, log = _logged()
+    assert runner.run(longer, out=tmp_path / "c", log=log).results["reference"]["key"] != first["key"]
+    assert any("training the 32-bit dense" in line for line in lines)
+
+
+def test_pruning_stops_once_validation_stays_outside_the_tolerance(tmp_path):
+    recipe = {**SELECTING, "prune": {"sparsity": 0.99, "rate": 0.6, "of": "remaining", "stop_after": 1},
+              "select": {"reference": "none", "max_drop": 0.0}}  # fmt: skip
+    lines, log = _logged()
+    res = runner.run(recipe, out=tmp_path / "r", log=log)
+    steps = [e["step"] for e in res.results["history"]]
+    first_out = next(
+        e["step"] for e in res.results["history"][1:] if e["val_accuracy"] < res.results["history"][0]["val_accuracy"]
+    )
+    assert steps[-1] == first_out and len(steps) < 6  # the schedule had 6 steps to 0.99
+    assert any(line.startswith(f"stopped after step {first_out}") for line in lines)
+    resumed = runner.run(recipe, out=tmp_path / "r", resume=True, log=lambda *_: None)
+    assert [e["step"] for e in resumed.results["history"]] == steps  # a resumed run stops there too
+
+
+def test_selection_by_bytes_and_on_balanced_accuracy(tmp_path):
+    recipe = {
+        **QAP,
+        "select": {"reference": "none", "max_drop": 100.0, "by": "size_bytes", "metric": "balanced_accuracy"},
+    }
+    res = runner.run(recipe, out=tmp_path / "r", log=lambda *_: None)
+    sel, history = res.results["selected"], res.results["history"]
+    assert sel["by"] == "size_bytes" and sel["metric"] == "balanced_accuracy"
+    assert sel["step"] == min(history, key=lambda e: (e["size_bytes"], -e["val_balanced_accuracy"]))["step"]
+    assert all(0 <= e["val_balanced_accuracy"] <= 1 for e in history) and sel["reference_accuracy"] is None
+
+
+def test_one_qap_writer_and_exports_of_a_step_never_replace_the_run_files(tmp_path):
+    from qaprune.export.api import export
+
+    d = tmp_path / "r"
+    res = runner.run(QAP, out=d, log=lambda *_: None)
+    run_qap = (d / "model.qap").read_bytes()
+    r = export(d, format="qap")
+    assert r.path == d / "model.export.qap" and r.path.read_bytes() == run_qap  # same writer, same bytes
+    assert res.metrics["size_bytes"] == len(run_qap) == rundir.measure_saved(d)["size_bytes"]
+    out = export(d, format="qap", out=tmp_path / "elsewhere.qap")
+    assert out.path == tmp_path / "elsewhere.qap" and (d / "model.qap").read_bytes() == run_qap
+    first = export(d, format="onnx", step=0)
+    assert first.path == d / "model.step_000.onnx" and first.verification.passed

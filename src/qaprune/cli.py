@@ -30,10 +30,13 @@ def run(
 
     log = (lambda *_: None) if quiet else (lambda msg: typer.echo(msg, err=True))
     result = run_recipe(recipe, out=out, data_dir=data_dir, overrides=set_, resume=resume, progress=not quiet, log=log)
-    m = result.metrics
+    m, sel = result.metrics, result.results.get("selected") or {}
+    ref = sel.get("reference_accuracy")
+    against = f" vs {ref:.4f} dense" if ref is not None else ""
+    verdict = "" if sel.get("within_tolerance", True) else f", NOT within {sel.get('max_drop')} points"
     typer.echo(
-        f"{result.run_dir}: accuracy {m['accuracy']:.4f}, BOPs {m['bops']:.4g} "
-        f"({m['bops_reduction']:.1f}x fewer than 32-bit dense), sparsity {m['sparsity']:.3f}, "
+        f"{result.run_dir}: step {sel.get('step')}, accuracy {m['accuracy']:.4f}{against}{verdict}, "
+        f"BOPs {m['bops']:.4g} ({m['bops_reduction']:.1f}x fewer than 32-bit dense), sparsity {m['sparsity']:.3f}, "
         f"{m['size_bytes']} bytes"
     )
 
@@ -109,11 +112,13 @@ def search(
 def measure(
     target: Path = typer.Argument(..., help="A run directory or its model .safetensors."),
     data_dir: str | None = typer.Option(None, "--data-dir"),
+    step: int | None = typer.Option(None, "--step", help="This step of the run instead of the delivered one."),
 ) -> None:
-    """Re-measure a saved model on its recipe's test split; prints the metrics as JSON."""
+    """Re-measure a saved model (a run's delivered step, or --step N) on its recipe's test split;
+    prints the metrics as JSON."""
     from qaprune.rundir import measure_saved
 
-    typer.echo(json.dumps(measure_saved(target, data_dir=data_dir), indent=2))
+    typer.echo(json.dumps(measure_saved(target, data_dir=data_dir, step=step), indent=2))
 
 
 @app.command()
@@ -148,11 +153,12 @@ def shrink_cmd(
     out: Path | None = typer.Option(None, "--out", help="ONNX file (default RUN_DIR/model.shrunk.onnx)."),
     data_dir: str | None = typer.Option(None, "--data-dir"),
     latency: bool = typer.Option(True, "--latency/--no-latency", help="Time dense vs shrunk."),
+    step: int | None = typer.Option(None, "--step", help="This step of the run instead of the delivered one."),
 ) -> None:
     """Remove pruned channels physically, check the outputs, export ONNX, time it; writes shrink.json."""
     from qaprune.export.run_shrink import shrink_run
 
-    s = shrink_run(run_dir, data_dir=data_dir, out=out, latency=latency)
+    s = shrink_run(run_dir, data_dir=data_dir, out=out, latency=latency, step=step)
     typer.echo(
         f"removed {sum(s['removed'].values())} channels in {len(s['removed'])} layers; "
         f"MACs {s['macs_before']:,} -> {s['macs_after']:,} (x{s['flops_ratio']:.2f}); "
@@ -179,12 +185,21 @@ def export_cmd(
     shrink: bool = typer.Option(True, "--shrink/--no-shrink", help="Remove pruned channels first."),
     int4: bool = typer.Option(False, "--int4", help="qdq: weights of at most 4 bits as INT4 (opset 21)."),
     hls4ml: bool = typer.Option(False, "--hls4ml", help="qonnx: also compare hls4ml's C++ emulation."),
+    step: int | None = typer.Option(None, "--step", help="This step of the run instead of the delivered one."),
 ) -> None:
     """Export the run's model and verify the file against the PyTorch model (fails beyond tolerance)."""
     from qaprune.export.api import export
 
     r = export(
-        run_dir, format=format, out=out, data_dir=data_dir, samples=samples, shrink=shrink, int4=int4, hls4ml=hls4ml
+        run_dir,
+        format=format,
+        out=out,
+        data_dir=data_dir,
+        samples=samples,
+        shrink=shrink,
+        int4=int4,
+        hls4ml=hls4ml,
+        step=step,
     )
     v = r.verification
     typer.echo(f"wrote {r.path} ({r.size_bytes:,} bytes, {r.how}); verification in {r.path.name}.verify.json")

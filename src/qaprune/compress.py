@@ -24,14 +24,18 @@ naming the module it would be used for.
 from __future__ import annotations
 
 import fnmatch
+import functools
+import inspect
+import weakref
 from collections import OrderedDict
-from typing import Any
+from typing import Any, cast
 
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from qaprune.errors import RecipeError
 from qaprune.param import add_mask, bake, place, weight_layers
-from qaprune.quant.activations import QuantInput, QuantReLU
+from qaprune.quant.activations import QuantInput, QuantReLU, warn_if_coarse
 from qaprune.quant.bits import FLOAT_BITS, check_bits
 from qaprune.quant.fake_quant import FakeQuant, weight_quantizer
 from qaprune.quant.mixed import RELUS, relu_producers
@@ -43,6 +47,7 @@ __all__ = [
     "bake",
     "check_patterns",
     "pruned_layers",
+    "quantize_input",
     "recipe_clusters",
     "rewind",
     "weight_spec",
@@ -54,8 +59,9 @@ def attach(model: nn.Module, recipe: Recipe, *, sample: Tensor | None = None) ->
 
     Every Linear/Conv weight gets ``Mask`` (when it will be pruned) then ``FakeQuant`` (when
     below 32 bits; ``LearnedFakeQuant`` under ``quant.weight_scale: learned``):
-    ``weight = quant(mask · w)``. ReLUs become ``QuantReLU``; a module named ``input_quant`` (or,
-    failing that, a pre-hook on the model) quantizes the input, calibrated on ``sample`` (N, ...)
+    ``weight = quant(mask · w)``. ReLUs become ``QuantReLU``; a module named ``input_quant`` (the
+    model's own slot, the first stage of a Sequential, or else called by the class
+    ``quantize_input`` gives the model) quantizes the input, calibrated on ``sample`` (N, ...)
     unless ``quant.input_max`` is given. Per-layer bits follow ``quant.mixed`` (``layers.fc1.
     act_bits`` sets the ReLU after fc1); overrides that reach no module are refused.
 
@@ -78,7 +84,9 @@ def attach(model: nn.Module, recipe: Recipe, *, sample: Tensor | None = None) ->
     _replace_relus(model, recipe, acts)
     input_bits = q.input_bits if q.input_bits is not None else q.act_bits
     if input_bits < FLOAT_BITS:
-        _attach_input(model, input_bits, sample, q.input_max, learned=q.act_scale == "learned")
+        _attach_input(
+            model, input_bits, sample, q.input_max, learned=q.act_scale == "learned", method=q.input_calibration
+        )
     return model
 
 
@@ -127,21 +135,110 @@ def _replace_relus(model: nn.Module, recipe: Recipe, plan: dict[str, int]) -> No
 
 
 def _attach_input(
-    model: nn.Module, bits: int, sample: Tensor | None, top: float | None, *, learned: bool = False
+    model: nn.Module,
+    bits: int,
+    sample: Tensor | None,
+    top: float | None,
+    *,
+    learned: bool = False,
+    method: str = "mae",
 ) -> None:
+    """The input quantizer, in this order: into the model's ``input_quant`` slot (an
+    ``nn.Identity`` its forward calls, or a quantizer attached before); as the first stage of a
+    Sequential; else as a module ``input_quant`` that the model's class calls (``quantize_input``)."""
     if sample is None and top is None:
         raise ValueError("attach: the input quantizer needs a calibration sample or quant.input_max")
     if sample is None:  # a given range and no data: assume signed inputs
         quant = QuantInput(bits, max_value=top, signed=True, learned=learned)
     else:
-        quant = QuantInput.calibrate(bits, sample, max_value=top, learned=learned)
-    if isinstance(getattr(model, "input_quant", None), nn.Identity):
+        quant = QuantInput.calibrate(bits, sample, max_value=top, learned=learned, method=method)
+        warn_if_coarse(quant, sample)
+    slot = getattr(model, "input_quant", None)
+    if isinstance(slot, (nn.Identity, QuantInput)):
         model.input_quant = quant
+    elif slot is not None:
+        raise RecipeError(
+            f"attach: {type(model).__name__}.input_quant is a {type(slot).__name__}; the input quantizer "
+            "needs that name (leave it free, or make it an nn.Identity that forward() calls first)"
+        )
     elif isinstance(model, nn.Sequential):  # becomes the first stage
         model._modules = OrderedDict([("input_quant", quant), *model._modules.items()])
     else:
         model.add_module("input_quant", quant)
-        model.register_forward_pre_hook(lambda mod, args: (mod.input_quant(args[0]), *args[1:]))
+        quantize_input(model)
+
+
+class InputQuantized:
+    """Base of the classes ``quantize_input`` gives models: ``forward`` runs ``self.input_quant``
+    on the first input, then the model's own forward. A class rather than a forward pre-hook, so
+    that torch.fx, torch.export and the ONNX exporters see the quantizer as a module call."""
+
+    def __reduce_ex__(self, protocol):  # deepcopy and pickle rebuild it from the user's class
+        reduced = super().__reduce_ex__(protocol)  # type: ignore[misc]
+        cls = type(self)
+        if cls.__bases__[0] is not InputQuantized or not isinstance(reduced, tuple):
+            return reduced
+        return (_new_input_quantized, (cls.__bases__[1],), *reduced[2:])
+
+
+_QUANTIZED: weakref.WeakKeyDictionary[type[nn.Module], type[nn.Module]] = weakref.WeakKeyDictionary()
+
+
+def quantize_input(model: nn.Module) -> nn.Module:
+    """Give ``model`` (which has a module ``input_quant``) a class of its own, a subclass of its
+    class whose forward is ``forward(self.input_quant(x), ...)``; submodule names, state_dict
+    keys and ``isinstance`` stay. A model that is itself a parametrized Linear/Conv keeps
+    parametrize's class on top, so that removing parametrizations (``bake``) keeps this one.
+
+    Example:
+        >>> import torch
+        >>> class Net(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.fc = nn.Linear(2, 1)
+        ...     def forward(self, x):
+        ...         return self.fc(x)
+        >>> net = Net()
+        >>> net.input_quant = QuantInput(2, max_value=3.0, signed=False)
+        >>> net = quantize_input(net)
+        >>> x = torch.tensor([[0.4, 9.0]])
+        >>> isinstance(net, Net), type(net).__name__, torch.equal(net(x), net.fc(torch.tensor([[0.0, 3.0]])))
+        (True, 'Net', True)
+    """
+    cls = type(model)
+    if isinstance(model, InputQuantized):
+        return model
+    if parametrize.is_parametrized(model):  # cls is parametrize's Parametrized<base>
+        below = _input_quantized_class(cls.__bases__[0])
+        model.__class__ = type(cls.__name__, (below,), dict(cls.__dict__))
+    else:
+        model.__class__ = _input_quantized_class(cls)
+    return model
+
+
+def _input_quantized_class(cls: type[nn.Module]) -> type[nn.Module]:
+    """The subclass of ``cls`` with the input quantizer in front of its forward (one per class)."""
+    if cls not in _QUANTIZED:
+        inner = cls.forward
+        params = list(inspect.signature(inner).parameters)
+        first = params[1] if len(params) > 1 else None  # the first input's name, after self
+
+        @functools.wraps(inner)  # torch.fx and torch.export read the original signature through it
+        def forward(self, *args, **kwargs):
+            if args:
+                args = (self.input_quant(args[0]), *args[1:])
+            elif first in kwargs:
+                kwargs[first] = self.input_quant(kwargs[first])
+            return inner(self, *args, **kwargs)
+
+        attrs = {"forward": forward, "__module__": cls.__module__, "__qualname__": cls.__qualname__}
+        _QUANTIZED[cls] = type(cls.__name__, (InputQuantized, cls), attrs)
+    return _QUANTIZED[cls]
+
+
+def _new_input_quantized(cls: type[nn.Module]) -> nn.Module:
+    new = _input_quantized_class(cls)
+    return cast(nn.Module, object.__new__(new))
 
 
 def rewind(model: nn.Module, init_state: dict[str, Tensor]) -> None:

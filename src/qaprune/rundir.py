@@ -9,6 +9,7 @@ the rounds; everything that reads a run (export, shrink, measure, search, report
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import random
@@ -25,19 +26,38 @@ from qaprune.data import Dataset, load_dataset
 from qaprune.errors import CheckpointError, RecipeError
 from qaprune.io import copy_state, load_tensors, read_json, save_tensors, write_json
 from qaprune.metrics import measure
-from qaprune.models import build_model
+from qaprune.models import build_model, find_module_dir
 from qaprune.prune.groups import restore_channel_masks
 from qaprune.quant.cluster import clusters_from_state
 from qaprune.recipe import Recipe
 
 
 def resolve_recipe(recipe: Recipe | str | Path | dict, overrides: list[str] | None = None) -> Recipe:
-    """A ``Recipe`` from a recipe, a dict or a YAML/JSON file, with ``key.path=value`` overrides."""
+    """A ``Recipe`` from a recipe, a dict or a YAML/JSON file, with ``key.path=value`` overrides.
+    A user model ``module:factory`` is looked for in the recipe file's folder, then the working
+    directory; the folder where it is found is recorded as ``model.path``, so that the run
+    directory rebuilds the model from anywhere."""
     if isinstance(recipe, Recipe):
-        return recipe.override(overrides) if overrides else recipe
-    if isinstance(recipe, dict):
-        return Recipe.parse(recipe).override(overrides or [])
-    return Recipe.load(recipe, overrides=overrides)
+        resolved, folders = (recipe.override(overrides) if overrides else recipe), [Path.cwd()]
+    elif isinstance(recipe, dict):
+        resolved, folders = Recipe.parse(recipe).override(overrides or []), [Path.cwd()]
+    else:
+        resolved, folders = Recipe.load(recipe, overrides=overrides), [Path(recipe).parent, Path.cwd()]
+    return locate_model(resolved, folders)
+
+
+def locate_model(recipe: Recipe, folders: list[Path]) -> Recipe:
+    """``recipe`` with ``model.path`` set to the first of ``folders`` holding its user module."""
+    name = recipe.model.name
+    if ":" not in name or recipe.model.path is not None:
+        return recipe
+    found = find_module_dir(name.partition(":")[0], folders)
+    return recipe if found is None else recipe.override([f"model.path={json.dumps(str(found))}"])
+
+
+def model_search_path(recipe: Recipe) -> list[Path]:
+    """Where a user model's module is imported from: ``model.path``, else the working directory."""
+    return [Path(recipe.model.path)] if recipe.model.path else [Path.cwd()]
 
 
 def setup(recipe: Recipe) -> torch.device:
@@ -69,6 +89,7 @@ def load_data(recipe: Recipe, data_dir: str | None, device: torch.device) -> Dat
         scale=d.scale,
         seed=d.seed,
         label_column=d.label_column,
+        stratify=d.stratify,
     )
     for split in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
         setattr(data, split, getattr(data, split).to(device))
@@ -79,7 +100,11 @@ def build(recipe: Recipe, data: Dataset, device: torch.device) -> nn.Module:
     """The model of ``recipe`` for ``data``, with masks and quantizers attached (``attach``)."""
     torch.manual_seed(recipe.seed)
     model = build_model(
-        recipe.model.name, input_shape=data.input_shape, num_classes=data.num_classes, **recipe.model.args
+        recipe.model.name,
+        input_shape=data.input_shape,
+        num_classes=data.num_classes,
+        search_path=model_search_path(recipe),
+        **recipe.model.args,
     )
     return attach(model.to(device), recipe, sample=data.x_train).to(device)
 
@@ -117,25 +142,44 @@ def clean(run_dir: str | Path) -> None:
     shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def load_run(target: str | Path, *, data_dir: str | None = None) -> tuple[Recipe, Any, nn.Module]:
+def load_run(
+    target: str | Path, *, data_dir: str | None = None, step: int | None = None
+) -> tuple[Recipe, Any, nn.Module]:
     """(recipe, data, model with its trained weights) of a run directory, or of a ``.safetensors``
-    beside its recipe.yaml; the architecture is rebuilt from the recipe."""
-    target = Path(target)
-    run_dir, weights = (target, target / "model.safetensors") if target.is_dir() else (target.parent, target)
-    if not (run_dir / "recipe.yaml").is_file():
-        raise RecipeError(
-            f"{target}: no recipe.yaml beside the model; the recipe is needed to rebuild the architecture"
-        )
+    beside its recipe.yaml; the architecture is rebuilt from the recipe. A run directory gives
+    its delivered model (``model.safetensors``, the selected step), or step ``step`` of its
+    ``checkpoints/``."""
+    run_dir, weights = weights_of(Path(target), step)
     recipe = Recipe.load(run_dir / "recipe.yaml")
     device = setup(recipe)
     data = load_data(recipe, data_dir, device)
     return recipe, data, load_into(build(recipe, data, device), weights)
 
 
-def measure_saved(target: str | Path, *, data_dir: str | None = None) -> dict[str, Any]:
-    """Metrics of a saved model: a run directory, or a ``.safetensors`` beside its recipe.yaml."""
-    _, data, model = load_run(target, data_dir=data_dir)
-    return measure(model, data.x_test, data.y_test, num_classes=data.num_classes)
+def weights_of(target: Path, step: int | None = None) -> tuple[Path, Path]:
+    """(run directory, weights file) of a run directory (its delivered model, or checkpoint
+    ``step``) or of a ``.safetensors`` beside a recipe.yaml."""
+    run_dir, weights = (target, target / "model.safetensors") if target.is_dir() else (target.parent, target)
+    if not (run_dir / "recipe.yaml").is_file():
+        raise RecipeError(
+            f"{target}: no recipe.yaml beside the model; the recipe is needed to rebuild the architecture"
+        )
+    if step is None:
+        return run_dir, weights
+    if not target.is_dir():
+        raise RecipeError(f"--step {step}: needs a run directory, not the weights file {target}")
+    ckpt = run_dir / "checkpoints" / f"step_{step:03d}.safetensors"
+    if not ckpt.is_file():
+        steps = sorted(int(p.stem[5:]) for p in (run_dir / "checkpoints").glob("step_*.safetensors"))
+        raise RecipeError(f"--step {step}: {run_dir} has no such step; steps: {', '.join(map(str, steps)) or 'none'}")
+    return run_dir, ckpt
+
+
+def measure_saved(target: str | Path, *, data_dir: str | None = None, step: int | None = None) -> dict[str, Any]:
+    """Metrics of a saved model: a run directory (its delivered model, or checkpoint ``step``),
+    or a ``.safetensors`` beside its recipe.yaml."""
+    _, data, model = load_run(target, data_dir=data_dir, step=step)
+    return measure(model, data.x_test, data.y_test, num_classes=data.num_classes, class_names=data.class_names)
 
 
 # --- the layout of a run directory: recipe.yaml, checkpoints/ (init, step_NNN, state.json) ----------

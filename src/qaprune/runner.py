@@ -8,6 +8,7 @@ round is checkpointed (safetensors + JSON), so an interrupted run resumes where 
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,15 +18,20 @@ from torch import nn
 
 from qaprune import __version__ as VERSION
 from qaprune.compress import recipe_clusters, rewind
+from qaprune.data import Dataset
+from qaprune.errors import RecipeError
 from qaprune.io import copy_state, load_tensors, save_tensors, write_json
 from qaprune.metrics import measure
+from qaprune.metrics.classification import accuracy, balanced_accuracy, predict
 from qaprune.param import prunable_layers
 from qaprune.prune import CRITERIA, prune_to
 from qaprune.prune.optim import groups_to_masks
 from qaprune.prune.schedules import SCHEDULES, steps
 from qaprune.prune.stats import MomentumTracker, collect_stats
+from qaprune.quant.activations import InputRangeWarning
 from qaprune.quant.cluster import ClusterPull, cluster_model
 from qaprune.recipe import SPARSE_OPTIMIZERS, Recipe
+from qaprune.reference import Reference, reference
 from qaprune.rundir import (
     build,
     checkpoint,
@@ -38,6 +44,7 @@ from qaprune.rundir import (
     setup,
     start_or_resume,
 )
+from qaprune.select import deliver, device_of, stop_here
 from qaprune.train import fit
 
 __all__ = ["RunResult", "run"]
@@ -130,7 +137,11 @@ def run(
     ckpt = prepare(run_dir, recipe, resume)
     device = setup(recipe)
     data = load_data(recipe, data_dir, device)
-    model = build(recipe, data, device)
+    ref = _reference(recipe, data, data_dir, progress, log)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InputRangeWarning)
+        model = build(recipe, data, device)
+    notes = _logged_warnings(caught, log)
     targets, fixed, final = plan(recipe, model)
     pruning = _Pruning(recipe, fixed, final, data)
     if "momentum" in pruning.needs:
@@ -141,8 +152,12 @@ def run(
     t_start = time.perf_counter()
     ks = recipe_clusters(model, recipe)
     last = len(targets) + (1 if ks else 0)  # weight sharing is a round of its own, after pruning
+    if isinstance(recipe.select.step, int) and recipe.select.step > last:
+        raise RecipeError(f"recipe.select.step: {recipe.select.step}; this run has steps 0..{last}")
     teacher = None
     for step in range(state["next_step"], last + 1):
+        if stop_here(recipe, history, ref, log):
+            break
         teacher = teacher or _teacher(recipe, data, device, ckpt, step, data_dir)
         if ks and step == last:
             target, hook, res = final, None, _cluster_round(model, recipe, data, ks, step, progress, teacher)
@@ -170,7 +185,30 @@ def run(
         )
         checkpoint(model, ckpt, step, history, timing)
     timing["total_seconds"] = timing.get("total_seconds", 0.0) + time.perf_counter() - t_start
-    return RunResult(run_dir, _finish(model, recipe, data, run_dir, history, timing))
+    return RunResult(run_dir, _finish(model, recipe, data, run_dir, history, timing, ref, log, notes))
+
+
+def _logged_warnings(caught: list[warnings.WarningMessage], log) -> list[str]:
+    """Log the warnings that building the model raised (one line each); others are re-raised."""
+    notes = []
+    for w in caught:
+        if issubclass(w.category, InputRangeWarning):
+            notes.append(str(w.message))
+            log(f"warning: {w.message}")
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return notes
+
+
+def _reference(recipe: Recipe, data: Dataset, data_dir: str | None, progress: bool, log) -> Reference | None:
+    """The cached 32-bit dense reference (``select.reference: dense``), trained when missing."""
+    if recipe.select.reference == "none":
+        return None
+
+    def train(dense: Recipe, out: Path) -> None:
+        run(dense, out=out, data_dir=data_dir, resume=True, progress=progress, log=lambda m: log(f"reference: {m}"))
+
+    return reference(recipe, data, train=train, log=log)
 
 
 def _prune_round(
@@ -278,10 +316,27 @@ def _both(*hooks):
     return step
 
 
-def _entry(model: nn.Module, data, step: int, target: float, res) -> dict[str, Any]:
-    m = measure(model, data.x_test, data.y_test, num_classes=data.num_classes)
+def _entry(model: nn.Module, data: Dataset, step: int, target: float, res) -> dict[str, Any]:
+    m = measure(model, data.x_test, data.y_test, num_classes=data.num_classes, class_names=data.class_names)
     m.pop("layers")
-    return {"step": step, "target_sparsity": target, "epochs": res.epochs, "best_val_loss": res.best_val_loss, **m}
+    val = _val_metrics(model, data)
+    return {
+        "step": step,
+        "target_sparsity": target,
+        "epochs": res.epochs,
+        "best_val_loss": res.best_val_loss,
+        **val,
+        **m,
+    }
+
+
+def _val_metrics(model: nn.Module, data: Dataset) -> dict[str, float]:
+    """Accuracy and balanced accuracy on the validation split (what selection reads)."""
+    logits = predict(model, data.x_val)
+    return {
+        "val_accuracy": accuracy(logits, data.y_val),
+        "val_balanced_accuracy": balanced_accuracy(logits, data.y_val),
+    }
 
 
 def _gradual_hook(model: nn.Module, pruning: _Pruning):
@@ -298,20 +353,34 @@ def _gradual_hook(model: nn.Module, pruning: _Pruning):
     return hook
 
 
-def _finish(model: nn.Module, recipe: Recipe, data, run_dir: Path, history: list, timing: dict) -> dict:
+def _finish(
+    model: nn.Module,
+    recipe: Recipe,
+    data: Dataset,
+    run_dir: Path,
+    history: list,
+    timing: dict,
+    ref: Reference | None,
+    log,
+    notes: list[str] | None = None,
+) -> dict:
     from qaprune.report import write_report
     from qaprune.storage import save_qap
 
-    metrics = measure(model, data.x_test, data.y_test, num_classes=data.num_classes)
+    selected, model = deliver(recipe, data, run_dir, history, ref, log, device=device_of(model))
+    metrics = measure(model, data.x_test, data.y_test, num_classes=data.num_classes, class_names=data.class_names)
     layers = metrics.pop("layers")
     save_tensors(run_dir / "model.safetensors", copy_state(model))
-    metrics["size_bytes"] = save_qap(model, run_dir / "model.qap", meta={"name": recipe.name, "qaprune": VERSION})
+    metrics["size_bytes"] = save_qap(model, run_dir / "model.qap")  # the bytes size_bytes counts
     metrics["compression"] = metrics["size_bytes_fp32"] / metrics["size_bytes"]  # against float32 dense
     timing["seconds_per_epoch"] = timing["train_seconds"] / max(timing["epochs"], 1)
     results = {
         "name": recipe.name,
         "qaprune_version": VERSION,
         "metrics": metrics,
+        "selected": selected,
+        "reference": None if ref is None else ref.to_dict(),
+        "warnings": notes or [],
         "layers": layers,
         "history": history,
         "timing": timing,

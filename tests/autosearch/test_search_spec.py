@@ -12,7 +12,6 @@ from conftest import make_recipe
 from qaprune.autosearch.space import (
     check_space,
     decode_params,
-    dense_recipe,
     expand_space,
     recipe_hash,
     suggest,
@@ -21,6 +20,7 @@ from qaprune.autosearch.space import (
 from qaprune.errors import RecipeError
 from qaprune.recipe import Recipe
 from qaprune.recipe.search import SearchSpec
+from qaprune.reference import dense_recipe
 
 MODULES = [
     "qaprune.recipe.search",

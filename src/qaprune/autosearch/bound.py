@@ -20,9 +20,10 @@ from __future__ import annotations
 from typing import Any
 
 from qaprune.autosearch.objectives import Context, StepReporter, accuracy_floor, feasible, run_trial
-from qaprune.autosearch.space import dense_recipe, trial_recipe
+from qaprune.autosearch.space import trial_recipe
 from qaprune.autosearch.study import open_study
 from qaprune.recipe.search import SPARSITY
+from qaprune.reference import dense_recipe
 
 DENSE_ATTR, BOUND_ATTR = "dense_metrics", "sparsity_bound"
 

@@ -159,26 +159,14 @@ def run_trial(
 
 
 def measure_run_latency(run_dir: str | Path, spec: LatencySpec, *, data_dir: str | None = None) -> float:
-    """Median milliseconds of the run's model in its deployment form: baked, pruned channels
-    removed (sparse kernels where faster), batch norms folded."""
-    from qaprune.export import shrink
-    from qaprune.export.fold import fold_batchnorm
-    from qaprune.metrics.latency import measure_latency
+    """Median milliseconds of the run's delivered model in its deployment form (``select.deployed_latency_ms``)."""
     from qaprune.rundir import load_run
+    from qaprune.select import deployed_latency_ms
 
     _, data, model = load_run(run_dir, data_dir=data_dir)
-    model = model.cpu().eval()
-    plain, _ = fold_batchnorm(shrink(model, data.x_test[:64].cpu()).model)
-    rows = measure_latency(
-        plain,
-        tuple(data.input_shape),
-        batch_sizes=(spec.batch,),
-        threads=(spec.threads,),
-        backend=spec.backend,
-        warmup=5,
-        repeats=spec.repeats,
+    return deployed_latency_ms(
+        model, data.x_test, batch=spec.batch, threads=spec.threads, repeats=spec.repeats, backend=spec.backend
     )
-    return float(rows[0]["median_ms"])
 
 
 class TrialObjective:

@@ -20,7 +20,7 @@ import json
 from typing import Any
 
 from qaprune.errors import RecipeError
-from qaprune.recipe import SPARSE_OPTIMIZERS, Recipe, apply_overrides
+from qaprune.recipe import Recipe, apply_overrides
 from qaprune.recipe.search import SPARSITY, ParamSpec, SearchSpec
 
 
@@ -42,17 +42,6 @@ def trial_recipe(base: Recipe, params: dict[str, Any], *, name: str | None = Non
     if name is not None:
         data["name"] = name
     return Recipe.parse(apply_overrides(data, [f"{k}={json.dumps(v)}" for k, v in params.items()]))
-
-
-def dense_recipe(base: Recipe) -> Recipe:
-    """The dense float baseline of ``base``: 32-bit, unpruned, no per-layer overrides."""
-    data = base.to_dict()
-    data.update(name=f"{base.name}-dense", search=None, layers={})
-    data["quant"] = {}
-    data["prune"]["sparsity"] = 0.0
-    if data["train"]["optimizer"] in SPARSE_OPTIMIZERS:  # they zero weights by themselves
-        data["train"].update(optimizer="adam", sparse=None)
-    return Recipe.parse(data)
 
 
 def recipe_hash(recipe: Recipe) -> str:
@@ -114,11 +103,15 @@ def model_layers(recipe: Recipe, data_dir: str | None = None) -> list[str]:
 
     from qaprune.models import build_model
     from qaprune.param import WEIGHT_LAYERS
-    from qaprune.rundir import load_data
+    from qaprune.rundir import load_data, model_search_path
 
     data = load_data(recipe, data_dir, torch.device("cpu"))
     model = build_model(
-        recipe.model.name, input_shape=data.input_shape, num_classes=data.num_classes, **recipe.model.args
+        recipe.model.name,
+        input_shape=data.input_shape,
+        num_classes=data.num_classes,
+        search_path=model_search_path(recipe),
+        **recipe.model.args,
     )
     return [n for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)]
 

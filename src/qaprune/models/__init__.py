@@ -5,8 +5,12 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
+import sys
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -18,39 +22,131 @@ MODELS: Registry = Registry("model")
 BATCHNORM_MODES = ("affine", "no_affine", "none")
 
 
-def build_model(name: str, *, input_shape: Sequence[int], num_classes: int, **args) -> nn.Module:
-    """Build a registered model or a user's ``package.module:factory``.
+FROM_DATA = ("input_shape", "in_features", "n_features", "in_channels", "num_classes", "n_classes")
+"""Factory parameters qaprune fills from the data when the factory declares them."""
 
-    Factories receive ``input_shape`` (per sample, e.g. ``(16,)`` or ``(1, 28, 28)``),
-    ``num_classes`` and the recipe's ``model.args``.
+
+def build_model(
+    name: str, *, input_shape: Sequence[int], num_classes: int, search_path: Sequence[str | Path] = (), **args
+) -> nn.Module:
+    """Build a registered model or a user's ``module:factory`` (a function or a class).
+
+    A user factory gets the arguments it declares among ``input_shape`` (per sample, e.g.
+    ``(16,)`` or ``(1, 28, 28)``), ``in_features`` / ``n_features`` (values per sample),
+    ``in_channels`` (the first dimension of a multi-dimensional sample, 1 for a flat vector),
+    ``num_classes`` / ``n_classes``, plus the recipe's ``model.args`` (which win). Its module is
+    imported from the folders of ``search_path`` first (the recipe's folder, the working
+    directory), then from the installed packages. Registered models take ``input_shape``,
+    ``num_classes`` and ``model.args``.
 
     Example:
         >>> m = build_model("mlp", input_shape=(16,), num_classes=5)
         >>> [l.out_features for l in m.modules() if isinstance(l, nn.Linear)]
         [64, 32, 32, 5]
     """
-    factory = _user_factory(name) if ":" in name else MODELS.get(name)
-    kwargs = {"input_shape": tuple(input_shape), "num_classes": num_classes, **args}
-    try:
-        inspect.signature(factory).bind(**kwargs)
-    except TypeError as exc:
-        raise RecipeError(f"model.args: {exc} (model {name!r})") from None
+    if ":" in name:
+        factory = user_factory(name, search_path)
+        kwargs = _declared(factory, name, _from_data(input_shape, num_classes), args)
+    else:
+        factory = MODELS.get(name)
+        kwargs = {"input_shape": tuple(input_shape), "num_classes": num_classes, **args}
+        try:
+            inspect.signature(factory).bind(**kwargs)
+        except TypeError as exc:
+            raise RecipeError(f"model.args: {exc} (model {name!r})") from None
     model = factory(**kwargs)
     if not isinstance(model, nn.Module):
         raise RecipeError(f"model.name: {name!r} returned {type(model).__name__}, not an nn.Module")
     return model
 
 
-def _user_factory(spec: str):
+def _from_data(input_shape: Sequence[int], num_classes: int) -> dict[str, Any]:
+    shape = tuple(int(d) for d in input_shape)
+    features = math.prod(shape)
+    return {
+        "input_shape": shape,
+        "in_features": features,
+        "n_features": features,
+        "in_channels": shape[0] if len(shape) > 1 else 1,
+        "num_classes": num_classes,
+        "n_classes": num_classes,
+    }
+
+
+def _declared(factory: Callable, name: str, filled: dict[str, Any], args: dict[str, Any]) -> dict[str, Any]:
+    """The arguments of ``factory`` it declares: from the data, then ``model.args``; a required
+    one that neither gives is refused by name."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # no signature to read (a builtin): pass the data's plus args
+        return {**filled, **args}
+    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kwargs = {k: v for k, v in filled.items() if k in params or var_kw}
+    kwargs.update(args)
+    unknown = [k for k in args if k not in params and not var_kw]
+    if unknown:
+        raise RecipeError(f"model.args: {name} takes no argument {', '.join(unknown)}; it takes: {', '.join(params)}")
+    missing = [
+        k
+        for k, p in params.items()
+        if p.default is inspect.Parameter.empty
+        and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        and k not in kwargs
+    ]
+    if missing:
+        raise RecipeError(
+            f"model.args: {name} needs {', '.join(missing)}: not filled from the data "
+            f"({', '.join(FROM_DATA)}); give {'it' if len(missing) == 1 else 'them'} in model.args"
+        )
+    return kwargs
+
+
+def find_module_dir(module_name: str, search_path: Sequence[str | Path]) -> Path | None:
+    """The first folder of ``search_path`` that holds ``module_name`` (``a.b`` -> ``a/b.py`` or
+    ``a/b/__init__.py``), as an absolute path; None when none does."""
+    rel = Path(*module_name.split("."))
+    for folder in search_path:
+        base = Path(folder).expanduser().resolve()
+        if (base / rel).with_suffix(".py").is_file() or (base / rel / "__init__.py").is_file():
+            return base
+    return None
+
+
+def user_factory(spec: str, search_path: Sequence[str | Path] = ()) -> Callable:
+    """The callable named by ``module:attr``, its module imported from the first folder of
+    ``search_path`` that holds it, else from the installed packages."""
     module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise RecipeError(f"model.name: {spec!r}: expected module:factory (e.g. mymodels:small_cnn)")
+    folder = find_module_dir(module_name, search_path)
     try:
-        module = importlib.import_module(module_name)
+        with _on_path(folder):
+            module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise RecipeError(f"model.name: cannot import {module_name!r} ({exc})") from None
+        looked = [str(Path(p).expanduser().resolve()) for p in search_path]
+        where = f"{', '.join(looked)} and the installed packages" if looked else "the installed packages"
+        raise RecipeError(f"model.name: cannot import {module_name!r} (looked in {where}): {exc}") from None
     try:
-        return getattr(module, attr)
+        factory = getattr(module, attr)
     except AttributeError:
-        raise RecipeError(f"model.name: {module_name!r} has no attribute {attr!r}") from None
+        raise RecipeError(f"model.name: {module_name!r} ({module.__file__}) has no attribute {attr!r}") from None
+    if not callable(factory):
+        raise RecipeError(f"model.name: {spec!r} is a {type(factory).__name__}, not a factory or class")
+    return factory
+
+
+@contextmanager
+def _on_path(folder: Path | None) -> Iterator[None]:
+    """``folder`` first on ``sys.path`` while importing (its siblings import too), then removed."""
+    if folder is None:
+        yield
+        return
+    sys.path.insert(0, str(folder))
+    try:
+        yield
+    finally:
+        if str(folder) in sys.path:
+            sys.path.remove(str(folder))
 
 
 def _norm(width: int, batchnorm: str, *, dims: int) -> nn.Module:

@@ -96,11 +96,13 @@ class DataSpec(_Strict):
     scale: Literal["auto", "standard", "minmax", "unit", "none"] = "auto"
     seed: int = 0
     label_column: str | None = None
+    stratify: bool = True  # splits keep every class in proportion; False: a plain permutation
 
 
 class ModelSpec(_Strict):
-    name: str = "mlp"  # registry name or "package.module:factory"
+    name: str = "mlp"  # registry name or "module:factory" (a function or class of yours)
     args: dict[str, Any] = {}
+    path: str | None = None  # the folder "module" is imported from; set when the recipe is resolved
 
 
 class QuantSpec(_Strict):
@@ -108,6 +110,7 @@ class QuantSpec(_Strict):
     act_bits: int = 32  # bits of QuantReLU outputs
     input_bits: int | None = None  # the input quantizer; None: same as act_bits
     input_max: float | None = None  # None: calibrated on the training split
+    input_calibration: Literal["mae", "mse", "percentile", "max"] = "mae"  # how (quant.activations)
     act_max: float = 6.0  # QuantReLU clips at this value (the start, when learned)
     act_scale: Literal["fixed", "learned"] = "fixed"  # learned: LSQ steps for QuantReLU and input
     per_channel: bool = False
@@ -135,8 +138,16 @@ class PruneSpec(_Strict):
     rewind: Literal["ft", "lt"] = "ft"  # fine-tune, or lottery-ticket rewind to the initial weights
     n_steps: int = 10  # cubic: number of pruning events, one per epoch
     start_epoch: int = 0  # cubic: first epoch that prunes
+    stop_after: int | None = 2  # stop once validation stayed outside select.max_drop this many steps
 
     _check_sparsity = field_validator("sparsity")(_fraction)
+
+    @field_validator("stop_after")
+    @classmethod
+    def _stop_after(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError(f"{v} is not >= 1 (null: never stop early)")
+        return v
 
     @field_validator("rate")
     @classmethod
@@ -251,6 +262,37 @@ class LayerOverride(_Strict):
     _check_sparsity = field_validator("sparsity")(_fraction)
 
 
+class SelectSpec(_Strict):
+    """Which pruning step a run delivers (``results.json``'s ``selected``, ``model.safetensors``).
+
+    The most compressed step (``by``) whose **validation** ``metric`` is at most ``max_drop``
+    points below the reference's: the 32-bit dense model of the same model, data and training
+    budget (``reference: dense``, trained once and cached), or this run's own first step
+    (``reference: none``). When no step is within, the most accurate step is delivered and
+    ``within_tolerance`` is false. ``step`` delivers a given step instead (``last``, or a number);
+    it is still compared with the reference."""
+
+    reference: Literal["dense", "none"] = "dense"
+    metric: Literal["accuracy", "balanced_accuracy"] = "accuracy"
+    max_drop: float = 0.5  # points (0.5 = half a percentage point)
+    by: Literal["bops", "size_bytes", "latency_ms"] = "bops"
+    step: Literal["last"] | int | None = None  # deliver this step instead of choosing one
+
+    @field_validator("step")
+    @classmethod
+    def _step(cls, v: str | int | None) -> str | int | None:
+        if isinstance(v, int) and (isinstance(v, bool) or v < 0):
+            raise ValueError(f"{v!r} is not a step number >= 0, 'last' or null")
+        return v
+
+    @field_validator("max_drop")
+    @classmethod
+    def _points(cls, v: float) -> float:
+        if not 0.0 <= v <= 100.0:
+            raise ValueError(f"{v} is not in [0, 100] (points of the metric)")
+        return v
+
+
 class Recipe(_Strict):
     """A whole experiment. ``Recipe.load(path)``, ``recipe.dump(path)``, ``recipe.override(...)``.
 
@@ -269,6 +311,7 @@ class Recipe(_Strict):
     prune: PruneSpec = PruneSpec()
     train: TrainSpec = TrainSpec()
     layers: dict[str, LayerOverride] = {}
+    select: SelectSpec = SelectSpec()  # which step the run delivers
     search: SearchSpec | None = None  # qaprune search: the space and objectives
 
     @model_validator(mode="after")
