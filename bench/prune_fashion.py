@@ -191,7 +191,7 @@ def prune_qaprune(model: nn.Module, name: str, sparsity: float, b: Bench) -> Non
         stats=stats,
         generator=torch.Generator().manual_seed(b.recipe.seed),
         example_input=b.example[:2],
-        structure_args={"round_to": b.round_to},
+        structure_args={"round_to": b.round_to, "of": "channels"},  # the sparsity is a fraction of channels
     )
 
 

@@ -73,7 +73,7 @@ def _make_model(name: str, bits: int, *, act_bits: int | None, per_channel: bool
         prune={"sparsity": 0.5},
     )
     attach(model, recipe, sample=x[:1000])
-    prune_to(model, 0.5, structure="channels", example_input=x[:64])
+    prune_to(model, 0.5, structure="channels", example_input=x[:64], structure_args={"of": "channels"})
     opt = torch.optim.Adam(model.parameters(), 1e-2)
     model.train()
     for _ in range(steps):

@@ -54,32 +54,97 @@ def prune_groups(
     scores. ``fixed``: layer name -> the sparsity of the groups it produces. ``structure_args``
     (per layer: ``layer_args[root]``): ``reduce`` (sum|mean|max over a member's slice),
     ``round_to`` (kept channels a multiple of it: widths that vector units like), ``coupled``
-    (score consumers' columns too, default True). example_input (N, ...): one batch the model
-    accepts. Returns every prunable layer's sparsity.
+    (score consumers' columns too, default True), and, for the whole model, ``of``: what
+    ``sparsity`` counts, ``weights`` (default: the fraction of the weights of the prunable layers
+    whose sparsity is not fixed, as for every other structure; met within one channel per layer)
+    or ``channels`` (the fraction of channels, allocated as said). ``fixed`` sparsities are
+    fractions of channels. example_input (N, ...): one batch the model accepts. Returns every
+    prunable layer's sparsity.
 
     Example:
         >>> from qaprune.compress import attach
         >>> from qaprune.models import build_model
         >>> from qaprune.recipe import Recipe
         >>> m = attach(build_model("mlp", input_shape=(16,), num_classes=5), Recipe(prune={"sparsity": 0.5}))
-        >>> r = prune_groups(m, 0.5, example_input=torch.zeros(2, 16))
+        >>> r = prune_groups(m, 0.5, example_input=torch.zeros(2, 16), structure_args={"of": "channels"})
         >>> r["fc1"], r["fc2"], r["fc4"]  # fc2 loses half its rows and half its columns
         (0.5, 0.75, 0.5)
+        >>> m = attach(build_model("mlp", input_shape=(16,), num_classes=5), Recipe(prune={"sparsity": 0.5}))
+        >>> r = prune_groups(m, 0.5, example_input=torch.zeros(2, 16))  # half of all weights
+        >>> sizes = {n: getattr(m, n).weight.numel() for n in r}
+        >>> abs(sum(r[n] * sizes[n] for n in r) / sum(sizes.values()) - 0.5) < 0.01
+        True
     """
     layers, fixed, layer_args = prunable_layers(model), fixed or {}, layer_args or {}
+    common = dict(structure_args or {})
+    target = _target(common.pop("of", "weights"))
     groups = [g for g in channel_groups(model, example_input) if _free(g, layers)]
-    args = {g.root: _args({**(structure_args or {}), **layer_args.get(g.root, {})}, g.root) for g in groups}
+    args = {g.root: _args({**common, **layer_args.get(g.root, {})}, g.root) for g in groups}
     scores = {g.root: group_scores(model, g, criterion, stats or {}, generator, **args[g.root]) for g in groups}
     fixed_groups = {g.root: _fixed(g, fixed) for g in groups if _fixed(g, fixed) is not None}
-    fractions = allocate(scores, sparsity, allocation=allocation, fixed=fixed_groups)
+
+    def keeps(fraction: float) -> dict[str, Tensor]:
+        fractions = allocate(scores, fraction, allocation=allocation, fixed=fixed_groups)
+        rounding = {g.root: {"round_to": args[g.root]["round_to"]} for g in groups}
+        return {
+            r: structure_mask(structure, r, scores[r][:, None], fractions[r], rounding[r])[:, 0] > 0 for r in scores
+        }
+
+    measured = [n for n in layers if n not in fixed]
+    fraction = (
+        sparsity if target == "channels" or sparsity <= 0 else _fraction_for(model, groups, keeps, measured, sparsity)
+    )
+    chosen = keeps(fraction)
     for g in groups:
-        picked = structure_mask(
-            structure, g.root, scores[g.root][:, None], fractions[g.root], {"round_to": args[g.root]["round_to"]}
-        )
-        keep = picked[:, 0] > 0
-        mask_channels(model, g, keep)
-        mask_columns(model, g, keep)
+        _mask_group(model, g, chosen[g.root])
     return {n: float((get_mask(m).mask == 0).sum()) / get_mask(m).mask.numel() for n, m in layers.items()}
+
+
+TARGETS = ("weights", "channels")
+
+
+def _target(of: object) -> str:
+    if of not in TARGETS:
+        raise RecipeError(f"prune.structure_args.of: {of!r}; allowed: {', '.join(TARGETS)}")
+    return str(of)
+
+
+def _mask_group(model: nn.Module, group: ChannelGroup, keep: Tensor) -> None:
+    mask_channels(model, group, keep)
+    mask_columns(model, group, keep)
+
+
+def _fraction_for(
+    model: nn.Module, groups: list[ChannelGroup], keeps, measured: list[str], sparsity: float, iters: int = 30
+) -> float:
+    """The fraction of channels whose pruning brings the weights of the ``measured`` layers
+    closest to ``sparsity`` (removing a channel takes its producers' rows and its consumers'
+    columns, so half the channels is about three quarters of a middle layer's weights):
+    bisection on the allocation's fraction, every candidate tried on the masks and undone."""
+
+    def achieved(fraction: float) -> float:
+        saved = {k: v.clone() for k, v in model.named_buffers()}
+        try:
+            chosen = keeps(fraction)
+            for g in groups:
+                _mask_group(model, g, chosen[g.root])
+            masks = [m.mask for n in measured if (m := get_mask(model.get_submodule(n))) is not None]
+            total = sum(m.numel() for m in masks)
+            return float(sum((m == 0).sum() for m in masks)) / total if total else 0.0
+        finally:  # undo: old buffers back, masks placed by this trial all ones again
+            for k, buf in model.named_buffers():
+                if k in saved:
+                    buf.copy_(saved[k])
+                elif k.endswith((".keep", ".mask")):
+                    buf.fill_(1.0)
+
+    lo, hi = 0.0, 1.0 - 1e-9
+    if achieved(hi) <= sparsity:
+        return hi
+    for _ in range(iters):  # invariant: achieved(lo) < sparsity <= achieved(hi)
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if achieved(mid) < sparsity else (lo, mid)
+    return lo if sparsity - achieved(lo) < achieved(hi) - sparsity else hi
 
 
 def prune_channels(model: nn.Module, sparsity: float, **options) -> dict[str, float]:
@@ -108,7 +173,7 @@ def _args(args: dict, root: str) -> dict:
     if unknown:
         raise RecipeError(
             f"prune.structure channels: layer {root!r}: unknown structure_args "
-            f"{sorted(unknown)}; allowed: reduce, round_to, coupled"
+            f"{sorted(unknown)}; allowed: reduce, round_to, coupled (and, for the whole model, of)"
         )
     out = {
         "reduce": args.get("reduce", "sum"),

@@ -106,7 +106,13 @@ def _live(x: Tensor) -> tuple[Tensor, Tensor]:
 @STRUCTURES.register("channels")
 @on_groups
 def channels(
-    scores: Tensor, sparsity: float, *, reduce: str = "sum", round_to: int = 1, coupled: bool = True
+    scores: Tensor,
+    sparsity: float,
+    *,
+    reduce: str = "sum",
+    round_to: int = 1,
+    coupled: bool = True,
+    of: str = "weights",
 ) -> Tensor:
     """Whole output channels (filters, dim 0): keep the ``out − round(sparsity·out)`` channels
     whose scores have the highest ``reduce`` ("sum", "mean" or "max"), at least one (a layer
@@ -115,7 +121,7 @@ def channels(
     as 0 in sum and mean; a fully pruned channel ranks last. scores (out, ...) -> mask, same shape.
 
     This structure acts on channel groups: ``prune_to(..., example_input=x)`` scores every
-    dependency group's channels (``prune.channels``, which reads ``coupled``), allocates, and
+    dependency group's channels (``prune.channels``, which reads ``coupled`` and ``of``), allocates, and
     calls this function on each group's channel scores (out, 1); without an example input it
     masks each layer's rows alone.
 
