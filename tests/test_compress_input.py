@@ -66,7 +66,8 @@ def test_tracers_see_the_quantizer():
     assert next(n.target for n in graph.nodes if n.op == "call_module") == "input_quant"
     model(X_RAW)  # QuantInput caches its step as a float on the first call; torch.export cannot read it
     exported = torch.export.export(model, (X_RAW,))
-    assert "hardtanh" in str(exported.graph)  # quantize_ste's clamp, in the exported program
+    graph = str(exported.graph)  # the clamp of the (learned, by default) input step, in the exported program
+    assert "clamp" in graph or "hardtanh" in graph
 
 
 def test_deepcopy_pickle_and_bake_keep_the_quantizer():

@@ -85,7 +85,7 @@ def attach(model: nn.Module, recipe: Recipe, *, sample: Tensor | None = None) ->
     input_bits = q.input_bits if q.input_bits is not None else q.act_bits
     if input_bits < FLOAT_BITS:
         _attach_input(
-            model, input_bits, sample, q.input_max, learned=q.act_scale == "learned", method=q.input_calibration
+            model, input_bits, sample, q.input_max, learned=q.input_scale == "learned", method=q.input_calibration
         )
     return model
 

@@ -33,6 +33,7 @@ VARIANTS: dict[str, tuple[int, float]] = {
     "qap-4b": (4, 0.9),
 }
 
+
 def variant_recipe(name: str, *, quick: bool = False) -> dict[str, Any]:
     """The recipe (as a dict) of one demo variant."""
     bits, sparsity = VARIANTS[name]

@@ -10,6 +10,7 @@ most accurate step, and the run says so. Selection reads validation numbers only
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from qaprune.data import Dataset
+from qaprune.quant.activations import InputRangeWarning
 from qaprune.recipe import Recipe
 from qaprune.reference import Reference
 from qaprune.rundir import build, load_into
@@ -161,7 +163,10 @@ def device_of(model: nn.Module) -> torch.device:
 
 def step_model(recipe: Recipe, data: Dataset, run_dir: Path, step: int, device: torch.device) -> nn.Module:
     """A fresh model with step ``step``'s weights (masks, channel masks, clusters as they were then)."""
-    return load_into(build(recipe, data, device), run_dir / "checkpoints" / f"step_{step:03d}.safetensors")
+    with warnings.catch_warnings():  # the run logged the build's warnings already
+        warnings.simplefilter("ignore", InputRangeWarning)
+        model = build(recipe, data, device)
+    return load_into(model, run_dir / "checkpoints" / f"step_{step:03d}.safetensors")
 
 
 def deliver(

@@ -69,6 +69,7 @@ def _make_model(name: str, bits: int, *, act_bits: int | None, per_channel: bool
             "weight_scale": scale,
             "act_scale": "learned" if learned else "fixed",
             "input_calibration": "max",  # the models these checks were tuned on (few near-tied logits)
+            "input_scale": "learned" if learned else "fixed",
         },
         prune={"sparsity": 0.5},
     )

@@ -203,10 +203,11 @@ def calibrated_range(x: Tensor, bits: int, *, signed: bool, method: str = "mse")
       calibrations do). Squared errors let a few outliers decide; absolute errors follow the bulk
       of the data, and still keep the whole range of bounded data whose values sit on the grid.
 
-    Measured (``bench/input_calibration.py``): on heavy-tailed standardized features 6-bit
-    inputs calibrated by ``max``, ``mse`` or the 99.99th percentile reach only the majority
-    class, ``mae`` and the 99th percentile stay near 32-bit inputs, and a learned step
-    (``quant.act_scale: learned``) from any of them does better still. ``mae`` is the default.
+    Measured (``bench/input_calibration.py``, 6-bit inputs, 3 seeds): on heavy-tailed
+    standardized features ``max`` and ``mse`` lose 4-6 points against 32-bit inputs, the 99th
+    percentile and ``mae`` about half a point, and a learned step (LSQ) started from ``mae``
+    gains about 3 (the clipping helps); on UCI Letter ``mae`` is the best fixed range. The
+    defaults are ``quant.input_calibration: mae`` and ``quant.input_scale: learned``.
 
     Example:
         >>> x = torch.cat([torch.linspace(-1, 1, 1000), torch.tensor([100.0])])

@@ -112,7 +112,8 @@ class QuantSpec(_Strict):
     input_max: float | None = None  # None: calibrated on the training split
     input_calibration: Literal["mae", "mse", "percentile", "max"] = "mae"  # how (quant.activations)
     act_max: float = 6.0  # QuantReLU clips at this value (the start, when learned)
-    act_scale: Literal["fixed", "learned"] = "fixed"  # learned: LSQ steps for QuantReLU and input
+    act_scale: Literal["fixed", "learned"] = "fixed"  # learned: LSQ steps for QuantReLU
+    input_scale: Literal["learned", "fixed"] = "learned"  # the input quantizer's step: LSQ from the calibration
     per_channel: bool = False
     bias_bits: int = 32  # 32: float bias (see quant.fake_quant's bias policy)
     weight_scale: Literal["max", "learned"] = "max"  # learned: LSQ step sizes for the weights
