@@ -144,10 +144,18 @@ def test_learned_quant_relu_matches_fixed_and_trains_its_step(bits: int) -> None
     assert learned.max_value == pytest.approx(6.0)
 
 
-def test_learned_input_scale_is_a_parameter_in_the_state_dict() -> None:
+def test_learned_input_scale_is_a_log_domain_parameter_and_the_step_in_the_state_dict() -> None:
     q = QuantInput(4, max_value=1.0, signed=False, learned=True)
-    assert "scale" in dict(q.named_parameters()) and "scale" in q.state_dict()
+    assert "log_scale" in dict(q.named_parameters()) and set(q.state_dict()) == {"scale", "zero_point"}
+    assert float(q.state_dict()["scale"]) == pytest.approx(1.0 / 15)  # the step itself, as when fixed
     out = q(torch.tensor([0.0, 0.5, 1.0, 2.0]))
     assert out.tolist()[3] == pytest.approx(1.0)
     out.sum().backward()
-    assert q.scale.grad is not None
+    assert q.log_scale.grad is not None
+    opt = torch.optim.Adam(q.parameters(), lr=1e-3)
+    before = float(q.scale)
+    opt.step()  # Adam's step of ~lr moves log(s): a relative change of ~0.1%, whatever the size of s
+    assert abs(float(q.scale) / before - 1) == pytest.approx(1e-3, rel=0.01)
+    twin = QuantInput(4, max_value=3.0, signed=False, learned=True)
+    twin.load_state_dict(q.state_dict())
+    assert float(twin.scale) == pytest.approx(float(q.scale)) and twin.max_value == pytest.approx(q.max_value)

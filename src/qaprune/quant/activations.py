@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -104,13 +105,19 @@ class QuantInput(nn.Module):
         self.qmin, self.qmax = (-(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
         # in the state dict, so that a calibrated (or learned) range travels with the weights
         scale = torch.tensor([max(float(max_value), 1e-12) / self.qmax])
-        if learned:
-            self.scale = nn.Parameter(scale)
+        if learned:  # trained in the log domain: relative steps, whatever its size (Adam's steps are
+            # absolute, about lr each: 1e-3 on an 8-bit step of 1/255 would be a quarter of it)
+            self.log_scale = nn.Parameter(scale.log())
         else:
             self.register_buffer("scale", scale)
         self.register_buffer("zero_point", torch.zeros(1, dtype=torch.int32))
         self._step: float | None = None  # float(scale), cached while scale is unchanged
         self._step_version = -1
+
+    def __getattr__(self, name: str) -> Any:  # ``scale`` of a learned quantizer: exp(log_scale), (1,)
+        if name == "scale" and self.__dict__.get("learned"):
+            return torch.exp(self._parameters["log_scale"])  # type: ignore[arg-type]
+        return super().__getattr__(name)
 
     @property
     def max_value(self) -> float:
@@ -144,9 +151,18 @@ class QuantInput(nn.Module):
         self._step, self._step_version = float(self.scale), self.scale._version
         return self._step
 
-    def _load_from_state_dict(self, *args, **kwargs) -> None:  # a loaded range replaces the cache
-        super()._load_from_state_dict(*args, **kwargs)
-        self._step = None
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.learned:  # the state dict holds the step itself, learned or not: one format
+            log_scale = destination.pop(prefix + "log_scale")
+            destination[prefix + "scale"] = log_scale.exp() if keep_vars else log_scale.detach().exp()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        if self.learned and prefix + "scale" in state_dict and prefix + "log_scale" not in state_dict:
+            state_dict = dict(state_dict)
+            state_dict[prefix + "log_scale"] = state_dict.pop(prefix + "scale").abs().clamp_min(1e-12).log()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._step = None  # a loaded range replaces the cache
 
     def extra_repr(self) -> str:
         return f"bits={self.act_bits}, max_value={self.max_value:.4g}, signed={self.signed}"
